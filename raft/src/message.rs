@@ -1,0 +1,158 @@
+//! Wire types: log entries, durable state, snapshots and the messages peers exchange.
+//!
+//! These are plain data with serde derives; the node crate chooses the encoding (postcard).
+//! Nothing here trusts a peer: the core validates every field it reads from a [`Message`].
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a cluster member. Membership is fixed, so ids are just numbers from the config.
+pub type NodeId = u64;
+
+/// One replicated log entry. An entry with empty `data` is the no-op a new leader appends
+/// (Raft §8) so it can commit entries of earlier terms; applications skip it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Term of the leader that created the entry.
+    pub term: u64,
+    /// Position in the log, starting at 1.
+    pub index: u64,
+    /// Opaque command for the state machine; empty for the leader no-op.
+    pub data: Vec<u8>,
+}
+
+impl Entry {
+    /// Whether this is the leader no-op of Raft §8 (carries no command).
+    pub fn is_noop(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// The state that must survive a crash before a node answers a vote or an append (Raft §5,
+/// figure 2 "persistent state"). `commit` is persisted too so a restart re-applies no less than
+/// it had applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: u64,
+    /// Candidate that received this node's vote in `term`, if any (one vote per term, §5.2).
+    pub vote: Option<NodeId>,
+    /// Highest log index known to be committed.
+    pub commit: u64,
+}
+
+/// A point-in-time image of the application state covering the log up to `index` (Raft §7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Last log index the snapshot covers.
+    pub index: u64,
+    /// Term of the entry at `index`, needed for the consistency check of the next append.
+    pub term: u64,
+    /// Opaque application state.
+    pub data: Vec<u8>,
+}
+
+/// A message between two members. `term` is the sender's term, except for pre-vote traffic,
+/// which carries the term the pre-candidate would campaign for (thesis §9.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Recipient.
+    pub to: NodeId,
+    /// Sender's term (see the type docs for pre-vote).
+    pub term: u64,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The Raft RPCs. Heartbeats are `AppendEntries` without entries; there is no separate type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// Replicate entries after (`prev_log_index`, `prev_log_term`) (Raft §5.3), or, with no
+    /// entries, a heartbeat (§5.2). `read_ctx` is the leader's ReadIndex round (thesis §6.4),
+    /// echoed back by the follower.
+    AppendEntries {
+        /// Index of the entry immediately preceding `entries`.
+        prev_log_index: u64,
+        /// Term of that entry, for the consistency check.
+        prev_log_term: u64,
+        /// Entries to store, contiguous from `prev_log_index + 1`.
+        entries: Vec<Entry>,
+        /// Leader's commit index (for heartbeats: capped at what the follower is known to hold).
+        leader_commit: u64,
+        /// ReadIndex round to acknowledge, if any.
+        read_ctx: Option<u64>,
+    },
+    /// Answer to `AppendEntries`. On success `match_index` is the last index known to match the
+    /// leader's log. On rejection `match_index` is the rejected `prev_log_index` (so the leader
+    /// can drop stale rejections) and `reject_hint` is `(index, term)`: the follower's best
+    /// guess of where the logs may agree — its last index, or the last index whose term is not
+    /// greater than the leader's `prev_log_term` — so the leader skips a whole term per round
+    /// trip instead of one entry (the optimisation at the end of Raft §5.3).
+    AppendEntriesResponse {
+        /// Whether the consistency check passed.
+        success: bool,
+        /// See the variant docs.
+        match_index: u64,
+        /// `(index, term)` back-off hint on rejection.
+        reject_hint: Option<(u64, u64)>,
+        /// Echo of the request's `read_ctx`.
+        read_ctx: Option<u64>,
+    },
+    /// Ask for a vote (Raft §5.2) or, with `pre_vote`, ask whether a vote would be granted
+    /// without anyone changing term (thesis §9.6). `transfer` marks a campaign started by
+    /// `TimeoutNow`, which may bypass the leader lease (thesis §3.10).
+    RequestVote {
+        /// Candidate's last log index (§5.4.1 up-to-date check).
+        last_log_index: u64,
+        /// Candidate's last log term (§5.4.1 up-to-date check).
+        last_log_term: u64,
+        /// This is a pre-vote probe.
+        pre_vote: bool,
+        /// Campaign requested by the current leader (leadership transfer).
+        transfer: bool,
+    },
+    /// Answer to `RequestVote`.
+    RequestVoteResponse {
+        /// Whether the (pre-)vote is granted.
+        granted: bool,
+        /// Echo of the request's `pre_vote` flag.
+        pre_vote: bool,
+    },
+    /// Replace the follower's log prefix with a snapshot (Raft §7), for followers whose next
+    /// needed entry the leader has already compacted away.
+    InstallSnapshot {
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+    /// Answer to `InstallSnapshot`: the follower's log now matches the leader's up to
+    /// `match_index`.
+    InstallSnapshotResponse {
+        /// Highest index known to match.
+        match_index: u64,
+    },
+    /// Leader tells the transfer target to campaign at once (thesis §3.10).
+    TimeoutNow,
+}
+
+impl Message {
+    /// snake_case type name, stable, for metrics: "append_entries", "append_entries_response",
+    /// "request_vote", "request_vote_response", "install_snapshot",
+    /// "install_snapshot_response", "timeout_now".
+    pub fn type_name(&self) -> &'static str {
+        match self.body {
+            MessageBody::AppendEntries { .. } => "append_entries",
+            MessageBody::AppendEntriesResponse { .. } => "append_entries_response",
+            MessageBody::RequestVote { .. } => "request_vote",
+            MessageBody::RequestVoteResponse { .. } => "request_vote_response",
+            MessageBody::InstallSnapshot { .. } => "install_snapshot",
+            MessageBody::InstallSnapshotResponse { .. } => "install_snapshot_response",
+            MessageBody::TimeoutNow => "timeout_now",
+        }
+    }
+
+    /// Whether this is a heartbeat: an `AppendEntries` that carries no entries.
+    pub fn is_heartbeat(&self) -> bool {
+        matches!(&self.body, MessageBody::AppendEntries { entries, .. } if entries.is_empty())
+    }
+}
