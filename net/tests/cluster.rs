@@ -1,0 +1,297 @@
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use faultline_net::{start, NetConfig, SendError};
+
+fn payload(from: u64, to: u64, seq: u32) -> Vec<u8> {
+    // Variable size so that frames of different lengths are batched together.
+    let len = 12 + (seq as usize * 37) % 3000;
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&from.to_be_bytes()[4..]);
+    v.extend_from_slice(&to.to_be_bytes()[4..]);
+    v.extend_from_slice(&seq.to_be_bytes());
+    while v.len() < len {
+        v.push((v.len() as u32 ^ seq) as u8);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_connect_and_exchange_in_order() {
+    bounded(async {
+        let mut nodes = cluster(&[0, 1, 2], |_| {}).await;
+        all_connected(&nodes, 2).await;
+        for n in &nodes {
+            for p in [0, 1, 2] {
+                assert_eq!(n.handle.is_connected(p), p != n.config.id);
+            }
+        }
+        const N: u32 = 500;
+        let mut expected_bytes = [0u64; 3];
+        for seq in 0..N {
+            for from in 0..3u64 {
+                for to in (0..3u64).filter(|&t| t != from) {
+                    let p = payload(from, to, seq);
+                    expected_bytes[to as usize] += p.len() as u64;
+                    nodes[from as usize]
+                        .handle
+                        .send(
+                            to,
+                            if seq % 2 == 0 { "prepare" } else { "commit" },
+                            p.into(),
+                        )
+                        .unwrap();
+                }
+            }
+        }
+        for (i, n) in nodes.iter_mut().enumerate() {
+            let mut next: HashMap<u64, u32> = HashMap::new();
+            for _ in 0..2 * N {
+                let m = recv(&mut n.rx).await;
+                let seq = next.entry(m.from).or_insert(0);
+                assert_eq!(
+                    m.bytes,
+                    payload(m.from, i as u64, *seq),
+                    "from {} seq {}",
+                    m.from,
+                    seq
+                );
+                *seq += 1;
+            }
+            assert_eq!(next.len(), 2);
+            assert!(n.rx.try_recv().is_err());
+            let s = n.handle.stats();
+            assert_eq!(s.received_msgs, 2 * N as u64);
+            assert_eq!(s.received_bytes, expected_bytes[i]);
+            assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+            assert_eq!(s.connected_peers, 2);
+        }
+        // Sent counters are updated after the write, which precedes delivery.
+        for n in &nodes {
+            let s = n.handle.stats();
+            assert_eq!(s.sent["prepare"].0 + s.sent["commit"].0, 2 * N as u64);
+            assert_eq!(s.sent["prepare"].0, N as u64);
+            assert_eq!(s.dropped_queue_full, 0);
+        }
+        for n in nodes {
+            n.handle.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_peer_is_refused_by_every_member() {
+    bounded(async {
+        let mut nodes = cluster(&[1, 2, 3], |_| {}).await;
+        all_connected(&nodes, 2).await;
+        // The intruder has id 0 (so it dials everyone) and knows everyone's real identity and
+        // address, but its own key is not in anybody's allow-list.
+        let peers = nodes.iter().map(|n| peer(n.config.id, n.addr())).collect();
+        let intruder_cfg = NetConfig::new(0, key(666), any_port(), peers);
+        let (intruder, _intruder_rx) = start(intruder_cfg).await.unwrap();
+        for to in 1..=3 {
+            intruder
+                .send(to, "prepare", Arc::from(&b"evil"[..]))
+                .unwrap();
+        }
+        // Wait until each member has refused the intruder at least twice (it was redialed).
+        wait_until(Duration::from_secs(20), "unknown_peer rejections", || {
+            nodes.iter().all(|n| {
+                n.handle
+                    .stats()
+                    .rejected
+                    .get("unknown_peer")
+                    .copied()
+                    .unwrap_or(0)
+                    >= 2
+            })
+        })
+        .await;
+        // Members still talk; the first thing each receives is from a member, never the intruder.
+        for from in 0..3 {
+            for to in 1..=3u64 {
+                if nodes[from].config.id != to {
+                    nodes[from]
+                        .handle
+                        .send(to, "marker", Arc::from(&b"hello"[..]))
+                        .unwrap();
+                }
+            }
+        }
+        for n in nodes.iter_mut() {
+            for _ in 0..2 {
+                let m = recv(&mut n.rx).await;
+                assert_ne!(m.from, 0);
+                assert_eq!(m.bytes, b"hello");
+            }
+            assert!(n.rx.try_recv().is_err());
+            let s = n.handle.stats();
+            assert_eq!(s.received_msgs, 2);
+            assert_eq!(s.connected_peers, 2);
+        }
+        intruder.shutdown().await;
+        for n in nodes {
+            n.handle.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_restart_is_redialed_and_messages_flow_again() {
+    bounded(async {
+        let mut nodes = cluster(&[0, 1], |_| {}).await;
+        all_connected(&nodes, 1).await;
+        nodes[0]
+            .handle
+            .send(1, "a", Arc::from(&b"before"[..]))
+            .unwrap();
+        assert_eq!(recv(&mut nodes[1].rx).await.bytes, b"before");
+
+        // Restart the listener (id 1) on the same port: node 0 must redial it.
+        let n1 = nodes.pop().unwrap();
+        let (cfg1, addr1) = (n1.config.clone(), n1.addr());
+        n1.handle.shutdown().await;
+        wait_until(Duration::from_secs(20), "node 0 sees node 1 down", || {
+            nodes[0].handle.connected_peers() == 0
+        })
+        .await;
+        let mut cfg1 = cfg1;
+        cfg1.listen = addr1;
+        let (h1, mut rx1) = start(cfg1.clone()).await.unwrap();
+        wait_until(Duration::from_secs(20), "redialed", || {
+            nodes[0].handle.connected_peers() == 1 && h1.connected_peers() == 1
+        })
+        .await;
+        nodes[0]
+            .handle
+            .send(1, "a", Arc::from(&b"after"[..]))
+            .unwrap();
+        h1.send(0, "a", Arc::from(&b"back"[..])).unwrap();
+        // Anything queued by node 0 while node 1 was down may come first; "after" must arrive.
+        loop {
+            let m = recv(&mut rx1).await;
+            assert_eq!(m.from, 0);
+            if m.bytes == b"after" {
+                break;
+            }
+        }
+        assert_eq!(recv(&mut nodes[0].rx).await.bytes, b"back");
+
+        // Restart the dialer (id 0): it dials again at start.
+        let n0 = nodes.pop().unwrap();
+        let cfg0 = n0.config.clone();
+        n0.handle.shutdown().await;
+        wait_until(Duration::from_secs(20), "node 1 sees node 0 down", || {
+            h1.connected_peers() == 0
+        })
+        .await;
+        let (h0, mut rx0) = start(cfg0).await.unwrap();
+        wait_until(Duration::from_secs(20), "reconnected", || {
+            h0.connected_peers() == 1 && h1.connected_peers() == 1
+        })
+        .await;
+        h0.send(1, "a", Arc::from(&b"again"[..])).unwrap();
+        h1.send(0, "a", Arc::from(&b"again too"[..])).unwrap();
+        assert_eq!(recv(&mut rx1).await.bytes, b"again");
+        assert_eq!(recv(&mut rx0).await.bytes, b"again too");
+        h0.shutdown().await;
+        h1.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_is_rejected_and_counted() {
+    bounded(async {
+        // Node 1 accepts at most 1 KiB; node 0 is allowed to send up to the default 4 MiB.
+        let mut nodes = cluster(&[0, 1], |c| {
+            if c.id == 1 {
+                c.max_frame_bytes = 1024;
+            }
+        })
+        .await;
+        all_connected(&nodes, 1).await;
+        nodes[0]
+            .handle
+            .send(1, "big", vec![7u8; 4096].into())
+            .unwrap();
+        nodes[0]
+            .handle
+            .send(1, "small", Arc::from(&b"fits"[..]))
+            .unwrap();
+        let m = recv(&mut nodes[1].rx).await;
+        assert_eq!(m.bytes, b"fits");
+        let s = nodes[1].handle.stats();
+        assert_eq!(s.rejected.get("oversized"), Some(&1));
+        assert_eq!(s.received_msgs, 1);
+        // The connection survives the rejected frame.
+        nodes[0]
+            .handle
+            .send(1, "small", Arc::from(&b"still"[..]))
+            .unwrap();
+        assert_eq!(recv(&mut nodes[1].rx).await.bytes, b"still");
+        // The sender side refuses to queue what exceeds its own limit.
+        assert_eq!(
+            nodes[1].handle.send(0, "big", vec![0u8; 1025].into()),
+            Err(SendError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
+        for n in nodes {
+            n.handle.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_returns_queue_full() {
+    bounded(async {
+        // Peer 1 is configured at an address where nobody listens: messages stay queued.
+        let dead: libp2p::Multiaddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            drop(l);
+            format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+        };
+        let mut cfg = NetConfig::new(0, key(0), any_port(), vec![peer(1, dead)]);
+        cfg.queue_depth = 8;
+        let (h, _rx) = start(cfg).await.unwrap();
+        for i in 0..8u8 {
+            h.send(1, "prepare", Arc::from(&[i][..])).unwrap();
+        }
+        assert_eq!(h.queued(1), Some(8));
+        for _ in 0..100 {
+            assert_eq!(
+                h.send(1, "prepare", Arc::from(&[0u8][..])),
+                Err(SendError::QueueFull)
+            );
+        }
+        assert_eq!(h.queued(1), Some(8));
+        let s = h.stats();
+        assert_eq!(s.dropped_queue_full, 100);
+        assert!(s.sent.is_empty());
+        assert_eq!(
+            h.send(42, "prepare", Arc::from(&[0u8][..])),
+            Err(SendError::UnknownPeer)
+        );
+        assert_eq!(
+            h.send(0, "prepare", Arc::from(&[0u8][..])),
+            Err(SendError::UnknownPeer)
+        );
+        let clone = h.clone();
+        h.shutdown().await;
+        assert_eq!(
+            clone.send(1, "prepare", Arc::from(&[0u8][..])),
+            Err(SendError::Closed)
+        );
+    })
+    .await;
+}
