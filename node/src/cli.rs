@@ -1,0 +1,153 @@
+//! The `faultline` command line (SPEC.md "Binary and commands"). Errors reach the user as one
+//! sentence on stderr with a non-zero exit code, never as a panic.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Protocol, Timing};
+use crate::faults::ByzantineSpec;
+use crate::{keys, testnet, verify};
+
+/// Exit code when a run saw a safety violation (`local`, `sim`).
+pub const EXIT_UNSAFE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "faultline",
+    version,
+    about = "A consensus node: crash-fault Raft or signed-message PBFT over libp2p, replicating one ordered ledger of signed client transactions.",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a new ed25519 secret key (64 hex chars, mode 0600) and print its PeerId and public key.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long, default_value = "node.key")]
+        out: PathBuf,
+    },
+    /// Write cluster.toml, node-<i>/node.toml, node-<i>/node.key and client-<j>.key for a cluster.
+    Testnet {
+        /// Consensus protocol of the cluster.
+        #[arg(long, value_enum)]
+        protocol: Protocol,
+        /// Number of nodes (raft: at least 1; pbft: at least 4 = 3f+1 with f = 1).
+        #[arg(long)]
+        nodes: usize,
+        /// Directory to write into (must not already hold a cluster.toml).
+        #[arg(long)]
+        dir: PathBuf,
+        /// IP address the nodes listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// First port: node i uses P+i for libp2p and P+N+i for its HTTP API.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+        /// Number of client keys to create (each is a permitted writer).
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Make node I run a misbehaviour: I=MODE with MODE one of silent, equivocate, forge,
+        /// corrupt, ack-without-store, disrupt. Repeatable.
+        #[arg(long, value_name = "I=MODE")]
+        byzantine: Vec<ByzantineSpec>,
+    },
+    /// Offline audit of one node's data dir: hash chain, client signatures, commit certificates.
+    Verify {
+        /// The node's data dir (node.toml's data_dir).
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Keygen { out } => {
+            let key = keys::generate()?;
+            keys::write_key(&out, &key)?;
+            let public = key.verifying_key().to_bytes();
+            println!(
+                "peer_id={} public_key={}",
+                keys::peer_id(&public)?,
+                hex::encode(public)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Testnet {
+            protocol,
+            nodes,
+            dir,
+            host,
+            base_port,
+            clients,
+            byzantine,
+        } => {
+            let path = testnet::write(&testnet::TestnetSpec {
+                protocol,
+                nodes,
+                dir,
+                host,
+                base_port,
+                clients,
+                byzantine,
+                timing: Timing::default(),
+            })?;
+            println!(
+                "wrote {} ({protocol}, {nodes} nodes, {clients} client keys)",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { data } => {
+            let verdict = verify::verify_dir(&data)
+                .with_context(|| format!("cannot audit {}", data.display()))?;
+            match verdict {
+                verify::Verdict::Ok { height, head } => {
+                    println!("ok height={height} head={}", hex::encode(head));
+                    Ok(ExitCode::SUCCESS)
+                }
+                verify::Verdict::Bad { height, reason } => {
+                    println!("bad height={height}: {reason}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `cluster.toml` and `node.toml` (SPEC.md "Files"): who is in the cluster, how to reach them,
+//! which clients may write, the genesis balances, and one node's local knobs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::faults::ByzantineMode;
+use crate::ledger::Genesis;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Raft,
+    Pbft,
+}
+
+impl Protocol {
+    /// The smallest cluster for this protocol (raft: 1 node; pbft: 3f+1 with f >= 1).
+    pub fn min_nodes(self) -> usize {
+        match self {
+            Protocol::Raft => 1,
+            Protocol::Pbft => 4,
+        }
+    }
+
+    /// Faults tolerated by `n` nodes: raft n = 2f+1, pbft n = 3f+1.
+    pub fn max_faults(self, n: usize) -> usize {
+        match self {
+            Protocol::Raft => n.saturating_sub(1) / 2,
+            Protocol::Pbft => n.saturating_sub(1) / 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Raft => "raft",
+            Protocol::Pbft => "pbft",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub id: u64,
+    pub peer_id: String,
+    #[serde(with = "crate::ledger::hexser")]
+    pub public_key: [u8; 32],
+    /// libp2p multiaddr, e.g. `/ip4/127.0.0.1/tcp/7000`.
+    pub p2p: String,
+    /// HTTP API address, e.g. `127.0.0.1:8000`.
+    pub api: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    #[serde(with = "crate::ledger::hexser")]
+    pub public_key: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub protocol: Protocol,
+    pub f: usize,
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeEntry>,
+    #[serde(rename = "client", default)]
+    pub clients: Vec<ClientEntry>,
+    #[serde(default)]
+    pub genesis: Genesis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.message().to_string(),
+    })
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let c: ClusterConfig = read_toml(path)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Checks what a node relies on: ids 0..n in order, f within what n tolerates, every
+    /// PeerId derived from its public key, no duplicate keys or addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.n();
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if n < self.protocol.min_nodes() {
+            return bad(format!(
+                "{} needs at least {} nodes, the cluster lists {n}",
+                self.protocol,
+                self.protocol.min_nodes()
+            ));
+        }
+        if self.f > self.protocol.max_faults(n) {
+            return bad(format!(
+                "f = {} is more than {n} {} nodes tolerate (at most {})",
+                self.f,
+                self.protocol,
+                self.protocol.max_faults(n)
+            ));
+        }
+        let mut keys = BTreeSet::new();
+        let mut apis = BTreeSet::new();
+        let mut p2ps = BTreeSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.id != i as u64 {
+                return bad(format!(
+                    "node ids must be 0..{n} in order; entry {i} has id {}",
+                    node.id
+                ));
+            }
+            let derived = crate::keys::peer_id(&node.public_key).map_err(|_| {
+                ConfigError::Invalid(format!("node {i}: public_key is not a valid ed25519 key"))
+            })?;
+            if derived.to_string() != node.peer_id {
+                return bad(format!(
+                    "node {i}: peer_id {} does not match its public_key (expected {derived})",
+                    node.peer_id
+                ));
+            }
+            if !keys.insert(node.public_key) {
+                return bad(format!("node {i}: public_key is used twice"));
+            }
+            if !apis.insert(node.api) || !p2ps.insert(node.p2p.as_str()) {
+                return bad(format!("node {i}: an address is used twice"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> Option<&NodeEntry> {
+        self.nodes.get(usize::try_from(id).ok()?)
+    }
+
+    pub fn is_client(&self, key: &[u8; 32]) -> bool {
+        self.clients.iter().any(|c| &c.public_key == key)
+    }
+}
+
+/// Local knobs of one node. Every field but `id`, `cluster`, `key_file`, `data_dir` has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Path to cluster.toml (relative paths are relative to node.toml's directory).
+    pub cluster: PathBuf,
+    pub key_file: PathBuf,
+    pub data_dir: PathBuf,
+    /// Run a misbehaviour instead of the honest protocol (for experiments only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byzantine: Option<ByzantineMode>,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub batching: Batching,
+}
+
+/// Clock knobs. Protocol timeouts are counted in ticks so the cores stay clock-free.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    /// Length of one tick in milliseconds.
+    pub tick_ms: u64,
+    /// Raft: election timeout base, randomized in [election_ticks, 2*election_ticks).
+    pub election_ticks: u32,
+    /// Raft: heartbeat interval.
+    pub heartbeat_ticks: u32,
+    /// PBFT: view-change timeout (doubles on each consecutive view change).
+    pub view_change_ticks: u32,
+    /// PBFT: checkpoint interval K in sequence numbers.
+    pub checkpoint_interval: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            tick_ms: 10,
+            election_ticks: 30,
+            heartbeat_ticks: 5,
+            view_change_ticks: 100,
+            checkpoint_interval: 64,
+        }
+    }
+}
+
+/// Batching knobs: how many client transactions go into one block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Batching {
+    pub max_batch_txs: usize,
+    /// Proposals allowed in flight before new ones wait (pipelining depth).
+    pub max_inflight_batches: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch_txs: 2048,
+            max_inflight_batches: 8,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Loads node.toml and resolves its relative paths against the file's directory.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let mut c: NodeConfig = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.cluster, &mut c.key_file, &mut c.data_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if c.timing.tick_ms == 0 || c.timing.heartbeat_ticks >= c.timing.election_ticks {
+            return Err(ConfigError::Invalid(format!(
+                "{}: need tick_ms > 0 and heartbeat_ticks < election_ticks",
+                path.display()
+            )));
+        }
+        if c.batching.max_batch_txs == 0 || c.batching.max_inflight_batches == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{}: batching sizes must be at least 1",
+                path.display()
+            )));
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,9 @@
+//! The faultline node.
+pub mod cli;
+pub mod config;
+pub mod faults;
+pub mod keys;
+pub mod ledger;
+pub mod store;
+pub mod testnet;
+pub mod verify;

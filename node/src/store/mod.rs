@@ -1,0 +1,520 @@
+//! Durable state of one node in one embedded redb database (the data dir's only file): the
+//! ledger (blocks, KV, balances, per-client seqs and results) and the consensus engine's own
+//! state. Everything one driver step produces commits in ONE write transaction with an fsync
+//! (group commit), so a block and its state changes — and the votes/log entries that go with
+//! them — are durable together or not at all.
+
+pub mod crash_backend;
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::apply::{apply_tx, Applied, StateAccess};
+use crate::ledger::{Block, Certificate, Genesis, Hash, Tx, TxOutcome, TxRecord};
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
+const BALANCES: TableDefinition<&str, u64> = TableDefinition::new("balances");
+const CLIENT_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("client_seq");
+const TX_RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_results");
+const ENGINE_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engine_kv");
+const ENGINE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("engine_log");
+
+const META_HEAD: &str = "head";
+const META_BASE: &str = "base";
+const META_GENESIS: &str = "genesis";
+
+/// Name of the database file inside a data dir.
+pub const DB_FILE: &str = "faultline.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("cannot create data dir {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the data dir is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the data dir belongs to a cluster with a different genesis")]
+    GenesisMismatch,
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard serialization of our own in-memory types into a Vec cannot fail (no maps with
+    // non-string keys, no unsized sequences); an empty value would show up as Corrupt on read.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+fn client_seq_key(client: &[u8; 32], seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(client);
+    k[32..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Height and hash of the newest block (height 0: the genesis state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub height: u64,
+    #[serde(with = "crate::ledger::hexser")]
+    pub hash: Hash,
+}
+
+/// A change to the engine's own durable state (Raft term/vote/log, PBFT signed messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Drop log entries with index >= `from` (Raft: a conflicting suffix).
+    LogTruncateFrom {
+        from: u64,
+    },
+    LogPut {
+        index: u64,
+        value: Vec<u8>,
+    },
+    /// Drop log entries with index <= `upto` (compaction behind a snapshot).
+    LogCompactTo {
+        upto: u64,
+    },
+}
+
+/// The whole ledger state at a height, shipped as a Raft snapshot to a follower that fell
+/// behind the leader's compacted log. Blocks below it are not shipped: the follower's chain
+/// starts at `head` (its "base").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSnapshot {
+    pub head: Head,
+    pub kv: Vec<(String, String)>,
+    pub balances: Vec<(String, u64)>,
+    pub client_seq: Vec<([u8; 32], u64)>,
+}
+
+/// Everything one driver step wants durable, committed atomically with one fsync.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub engine: Vec<EngineOp>,
+    /// Replace the ledger by a snapshot (before the blocks below are applied).
+    pub install_snapshot: Option<LedgerSnapshot>,
+    /// Batches to append as blocks, in order.
+    pub blocks: Vec<NewBlock>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBlock {
+    pub txs: Vec<Tx>,
+    pub certificate: Option<Certificate>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.engine.is_empty() && self.install_snapshot.is_none() && self.blocks.is_empty()
+    }
+}
+
+/// A block the commit appended, with each transaction's outcome (None: duplicate, skipped).
+#[derive(Debug, Clone)]
+pub struct AppliedBlock {
+    pub block: Block,
+    pub outcomes: Vec<Option<TxOutcome>>,
+}
+
+/// One node's durable store.
+pub struct Store {
+    db: Database,
+}
+
+struct WriteState<'a> {
+    txn: &'a WriteTransaction,
+}
+
+impl StateAccess for WriteState<'_> {
+    type Error = StoreError;
+    fn balance(&mut self, account: &str) -> Result<u64, StoreError> {
+        let t = self.txn.open_table(BALANCES)?;
+        let v = t.get(account)?.map(|v| v.value()).unwrap_or(0);
+        Ok(v)
+    }
+    fn set_balance(&mut self, account: &str, amount: u64) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(BALANCES)?;
+        t.insert(account, amount)?;
+        Ok(())
+    }
+    fn put(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.txn.open_table(KV)?.insert(key, value)?;
+        Ok(())
+    }
+    fn delete(&mut self, key: &str) -> Result<(), StoreError> {
+        self.txn.open_table(KV)?.remove(key)?;
+        Ok(())
+    }
+    fn last_seq(&mut self, client: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let t = self.txn.open_table(CLIENT_SEQ)?;
+        let v = t.get(client.as_slice())?.map(|v| v.value());
+        Ok(v)
+    }
+    fn set_last_seq(&mut self, client: &[u8; 32], seq: u64) -> Result<(), StoreError> {
+        self.txn
+            .open_table(CLIENT_SEQ)?
+            .insert(client.as_slice(), seq)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, initialising it with `genesis` if new. A data dir
+    /// created for another genesis is refused.
+    pub fn open(dir: &Path, genesis: &Genesis) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = Database::create(dir.join(DB_FILE))?;
+        Self::init(db, genesis)
+    }
+
+    /// Opens a store on any redb backend (the simulator's crashable in-memory disk).
+    pub fn with_backend(
+        backend: impl redb::StorageBackend,
+        genesis: &Genesis,
+    ) -> Result<Store, StoreError> {
+        let db = Database::builder().create_with_backend(backend)?;
+        Self::init(db, genesis)
+    }
+
+    fn init(db: Database, genesis: &Genesis) -> Result<Store, StoreError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            // Create every table so readers never meet a missing one.
+            txn.open_table(BLOCKS)?;
+            txn.open_table(KV)?;
+            txn.open_table(CLIENT_SEQ)?;
+            txn.open_table(TX_RESULTS)?;
+            txn.open_table(ENGINE_KV)?;
+            txn.open_table(ENGINE_LOG)?;
+            let mut balances = txn.open_table(BALANCES)?;
+            let mut meta = txn.open_table(META)?;
+            let stored = meta.get(META_GENESIS)?.map(|v| v.value().to_vec());
+            match stored {
+                Some(bytes) => {
+                    let g: Genesis = decode("genesis", &bytes)?;
+                    if &g != genesis {
+                        return Err(StoreError::GenesisMismatch);
+                    }
+                }
+                None => {
+                    meta.insert(META_GENESIS, encode(genesis).as_slice())?;
+                    let head = Head {
+                        height: 0,
+                        hash: genesis.hash(),
+                    };
+                    meta.insert(META_HEAD, encode(&head).as_slice())?;
+                    meta.insert(META_BASE, encode(&head).as_slice())?;
+                    for (account, amount) in &genesis.balances {
+                        balances.insert(account.as_str(), *amount)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Opens an existing data dir read-only (for `faultline verify`), without knowing the genesis.
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Corrupt(format!(
+                "no database at {} (is this a node's data dir?)",
+                path.display()
+            )));
+        }
+        let db = Database::open(path)?;
+        Ok(Store { db })
+    }
+
+    fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<T, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        let v = t
+            .get(key)?
+            .ok_or_else(|| StoreError::Corrupt(format!("missing {key}")))?;
+        decode(key, v.value())
+    }
+
+    pub fn head(&self) -> Result<Head, StoreError> {
+        self.meta(META_HEAD)
+    }
+
+    /// The oldest state this store holds blocks after (genesis, or an installed snapshot).
+    pub fn base(&self) -> Result<Head, StoreError> {
+        self.meta(META_BASE)
+    }
+
+    pub fn genesis(&self) -> Result<Genesis, StoreError> {
+        self.meta(META_GENESIS)
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BLOCKS)?;
+        let out = match t.get(height)? {
+            Some(v) => Some(decode(&format!("block {height}"), v.value())?),
+            None => None,
+        };
+        Ok(out)
+    }
+
+    /// Raw stored bytes of a block (verify decodes them itself to report the height).
+    pub fn block_bytes(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BLOCKS)?;
+        Ok(t.get(height)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KV)?;
+        Ok(t.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    pub fn balance(&self, account: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BALANCES)?;
+        Ok(t.get(account)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Sum of all balances (conservation checks).
+    pub fn total_balance(&self) -> Result<u128, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BALANCES)?;
+        let mut total = 0u128;
+        for item in t.iter()? {
+            total += u128::from(item?.1.value());
+        }
+        Ok(total)
+    }
+
+    pub fn last_seq(&self, client: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CLIENT_SEQ)?;
+        Ok(t.get(client.as_slice())?.map(|v| v.value()))
+    }
+
+    /// The recorded result of `(client, seq)`, if that transaction was applied.
+    pub fn tx_record(&self, client: &[u8; 32], seq: u64) -> Result<Option<TxRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TX_RESULTS)?;
+        let out = match t.get(client_seq_key(client, seq).as_slice())? {
+            Some(v) => Some(decode("tx record", v.value())?),
+            None => None,
+        };
+        Ok(out)
+    }
+
+    /// All engine key/value records (PBFT restore, Raft hard state).
+    pub fn engine_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENGINE_KV)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn engine_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENGINE_KV)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The engine log in index order (Raft entries after the snapshot).
+    pub fn engine_log(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENGINE_LOG)?;
+        let mut out = Vec::with_capacity(t.len()? as usize);
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The current ledger state as a snapshot (Raft compaction / InstallSnapshot).
+    pub fn snapshot(&self) -> Result<LedgerSnapshot, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut snap = LedgerSnapshot {
+            head: self.head()?,
+            kv: Vec::new(),
+            balances: Vec::new(),
+            client_seq: Vec::new(),
+        };
+        for item in txn.open_table(KV)?.iter()? {
+            let (k, v) = item?;
+            snap.kv.push((k.value().to_string(), v.value().to_string()));
+        }
+        for item in txn.open_table(BALANCES)?.iter()? {
+            let (k, v) = item?;
+            snap.balances.push((k.value().to_string(), v.value()));
+        }
+        for item in txn.open_table(CLIENT_SEQ)?.iter()? {
+            let (k, v) = item?;
+            let client: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("client key length".into()))?;
+            snap.client_seq.push((client, v.value()));
+        }
+        Ok(snap)
+    }
+
+    /// Commits one driver step atomically with an fsync: engine state, an optional snapshot
+    /// install, then the new blocks applied in order. Returns the appended blocks with outcomes.
+    pub fn commit(&self, batch: WriteBatch) -> Result<Vec<AppliedBlock>, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let applied = Self::write_all(&txn, batch)?;
+        txn.commit()?;
+        Ok(applied)
+    }
+
+    fn write_all(
+        txn: &WriteTransaction,
+        batch: WriteBatch,
+    ) -> Result<Vec<AppliedBlock>, StoreError> {
+        if !batch.engine.is_empty() {
+            let mut kv = txn.open_table(ENGINE_KV)?;
+            let mut log = txn.open_table(ENGINE_LOG)?;
+            for op in batch.engine {
+                match op {
+                    EngineOp::Put { key, value } => {
+                        kv.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    EngineOp::Delete { key } => {
+                        kv.remove(key.as_slice())?;
+                    }
+                    EngineOp::LogTruncateFrom { from } => {
+                        log.retain_in(from.., |_, _| false)?;
+                    }
+                    EngineOp::LogPut { index, value } => {
+                        log.insert(index, value.as_slice())?;
+                    }
+                    EngineOp::LogCompactTo { upto } => {
+                        log.retain_in(..=upto, |_, _| false)?;
+                    }
+                }
+            }
+        }
+        if let Some(snap) = batch.install_snapshot {
+            Self::install(txn, snap)?;
+        }
+        let mut applied = Vec::with_capacity(batch.blocks.len());
+        if batch.blocks.is_empty() {
+            return Ok(applied);
+        }
+        let mut head: Head = {
+            let meta = txn.open_table(META)?;
+            let v = meta
+                .get(META_HEAD)?
+                .ok_or_else(|| StoreError::Corrupt("missing head".into()))?;
+            decode("head", v.value())?
+        };
+        for nb in batch.blocks {
+            let block = Block::new(head.height + 1, head.hash, nb.txs, nb.certificate);
+            let mut state = WriteState { txn };
+            let mut outcomes = Vec::with_capacity(block.txs.len());
+            {
+                for tx in &block.txs {
+                    let outcome = match apply_tx(&mut state, tx)? {
+                        Applied::Applied(o) => Some(o),
+                        Applied::Duplicate => None,
+                    };
+                    if let Some(o) = &outcome {
+                        let rec = TxRecord {
+                            height: block.height,
+                            tx_hash: tx.hash(),
+                            outcome: o.clone(),
+                        };
+                        txn.open_table(TX_RESULTS)?.insert(
+                            client_seq_key(&tx.client, tx.seq).as_slice(),
+                            encode(&rec).as_slice(),
+                        )?;
+                    }
+                    outcomes.push(outcome);
+                }
+            }
+            txn.open_table(BLOCKS)?
+                .insert(block.height, encode(&block).as_slice())?;
+            head = Head {
+                height: block.height,
+                hash: block.hash,
+            };
+            applied.push(AppliedBlock { block, outcomes });
+        }
+        txn.open_table(META)?
+            .insert(META_HEAD, encode(&head).as_slice())?;
+        Ok(applied)
+    }
+
+    fn install(txn: &WriteTransaction, snap: LedgerSnapshot) -> Result<(), StoreError> {
+        let mut kv = txn.open_table(KV)?;
+        kv.retain(|_, _| false)?;
+        for (k, v) in &snap.kv {
+            kv.insert(k.as_str(), v.as_str())?;
+        }
+        let mut bal = txn.open_table(BALANCES)?;
+        bal.retain(|_, _| false)?;
+        for (k, v) in &snap.balances {
+            bal.insert(k.as_str(), *v)?;
+        }
+        let mut cs = txn.open_table(CLIENT_SEQ)?;
+        cs.retain(|_, _| false)?;
+        for (k, v) in &snap.client_seq {
+            cs.insert(k.as_slice(), *v)?;
+        }
+        // Blocks we hold above the snapshot head would not chain onto it: drop them all; the
+        // chain restarts at the snapshot's head.
+        txn.open_table(BLOCKS)?.retain(|_, _| false)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_HEAD, encode(&snap.head).as_slice())?;
+        meta.insert(META_BASE, encode(&snap.head).as_slice())?;
+        Ok(())
+    }
+}

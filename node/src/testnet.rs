@@ -1,0 +1,134 @@
+//! `faultline testnet`: writes every file a cluster needs (SPEC.md "Files"), usable as-is on
+//! loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{
+    Batching, ClientEntry, ClusterConfig, NodeConfig, NodeEntry, Protocol, Timing,
+};
+use crate::faults::ByzantineSpec;
+use crate::keys;
+use crate::ledger::Genesis;
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct TestnetSpec {
+    pub protocol: Protocol,
+    pub nodes: usize,
+    pub dir: PathBuf,
+    pub host: IpAddr,
+    pub base_port: u16,
+    pub clients: usize,
+    pub byzantine: Vec<ByzantineSpec>,
+    pub timing: Timing,
+}
+
+/// Accounts funded at genesis, so transfers work out of the box.
+pub const GENESIS_ACCOUNTS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+pub const GENESIS_BALANCE: u64 = 1_000_000;
+
+/// Writes the files and returns the path of cluster.toml.
+pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
+    let n = spec.nodes;
+    let min = spec.protocol.min_nodes();
+    if n < min {
+        bail!(
+            "{} needs at least {min} nodes to tolerate one fault ({}), got --nodes {n}",
+            spec.protocol,
+            match spec.protocol {
+                Protocol::Raft => "n = 2f+1",
+                Protocol::Pbft =>
+                    "n = 3f+1: with fewer than 4 nodes one Byzantine node can split the rest",
+            }
+        );
+    }
+    for b in &spec.byzantine {
+        if b.node as usize >= n {
+            bail!("--byzantine {}: there are only nodes 0..{}", b.node, n - 1);
+        }
+    }
+    let last_port = u32::from(spec.base_port) + 2 * n as u32;
+    if last_port > u32::from(u16::MAX) {
+        bail!(
+            "--base-port {} leaves no room for {n} nodes (2 ports each)",
+            spec.base_port
+        );
+    }
+    let cluster_path = spec.dir.join("cluster.toml");
+    if cluster_path.exists() {
+        bail!(
+            "{} already exists; pick an empty --dir (refusing to overwrite a cluster's keys)",
+            cluster_path.display()
+        );
+    }
+    std::fs::create_dir_all(&spec.dir)
+        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
+
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let node_dir = spec.dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let key = keys::generate()?;
+        keys::write_key(&node_dir.join("node.key"), &key)?;
+        let public_key = key.verifying_key().to_bytes();
+        let p2p_port = spec.base_port + i as u16;
+        let api_port = spec.base_port + (n + i) as u16;
+        let ip = match spec.host {
+            IpAddr::V4(_) => "ip4",
+            IpAddr::V6(_) => "ip6",
+        };
+        nodes.push(NodeEntry {
+            id: i as u64,
+            peer_id: keys::peer_id(&public_key)?.to_string(),
+            public_key,
+            p2p: format!("/{ip}/{}/tcp/{p2p_port}", spec.host),
+            api: SocketAddr::new(spec.host, api_port),
+        });
+        let node = NodeConfig {
+            id: i as u64,
+            cluster: PathBuf::from("../cluster.toml"),
+            key_file: PathBuf::from("node.key"),
+            data_dir: PathBuf::from("data"),
+            byzantine: spec
+                .byzantine
+                .iter()
+                .find(|b| b.node == i as u64)
+                .map(|b| b.mode),
+            timing: spec.timing.clone(),
+            batching: Batching::default(),
+        };
+        write_toml(&node_dir.join("node.toml"), &node)?;
+    }
+    let mut clients = Vec::with_capacity(spec.clients);
+    for j in 0..spec.clients {
+        let key = keys::generate()?;
+        keys::write_key(&spec.dir.join(format!("client-{j}.key")), &key)?;
+        clients.push(ClientEntry {
+            public_key: key.verifying_key().to_bytes(),
+        });
+    }
+    let cluster = ClusterConfig {
+        protocol: spec.protocol,
+        f: spec.protocol.max_faults(n),
+        nodes,
+        clients,
+        genesis: Genesis {
+            balances: GENESIS_ACCOUNTS
+                .iter()
+                .map(|a| (a.to_string(), GENESIS_BALANCE))
+                .collect(),
+        },
+    };
+    cluster.validate()?;
+    write_toml(&cluster_path, &cluster)?;
+    Ok(cluster_path)
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = toml::to_string_pretty(value).context("cannot encode TOML")?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
