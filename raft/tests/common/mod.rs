@@ -323,6 +323,18 @@ impl Net {
         );
     }
 
+    /// Tick only `id`, delivering everything after each tick, until it leads.
+    pub fn tick_until_leader(&mut self, id: NodeId) {
+        for _ in 0..1000 {
+            if self.node(id).role() == Role::Leader {
+                return;
+            }
+            self.tick(id);
+            self.stabilize();
+        }
+        panic!("node {id} never became leader");
+    }
+
     pub fn propose(&mut self, id: NodeId, data: &[u8]) -> u64 {
         let idx = self
             .node_mut(id)
