@@ -1,0 +1,119 @@
+//! Commit certificates: the 2f+1 COMMIT signatures that prove a batch committed (PBFT §4.2
+//! committed predicate). Stored with every block so a ledger can be audited offline
+//! (`faultline verify`) and used to validate state-transfer responses (TOCS §5.3.2).
+
+use std::collections::BTreeSet;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::{quorum, NodeId};
+use crate::crypto::{verify_many, Signature64};
+use crate::message::{encode_payload, Commit, Payload};
+
+/// Proof that `(view, seq, digest)` committed: signatures of distinct replicas over the
+/// canonical COMMIT payload for that replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCertificate {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub commits: Vec<(NodeId, Signature64)>,
+}
+
+/// One committed sequence number, handed to the node in order, without gaps. A null request
+/// (PBFT §4.4, filling a gap in a new view) has empty `requests` and digest [`NULL_DIGEST`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedBatch {
+    pub seq: u64,
+    pub view: u64,
+    pub requests: Vec<Vec<u8>>,
+    pub digest: [u8; 32],
+    pub certificate: CommitCertificate,
+}
+
+/// Digest of the null request (an empty batch). The app is never asked to digest an empty batch.
+pub const NULL_DIGEST: [u8; 32] = [0u8; 32];
+
+/// Why a commit certificate is invalid.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CertificateError {
+    #[error("certificate has {have} distinct signers, needs {need}")]
+    TooFewSigners { have: usize, need: usize },
+    #[error("signer {0} is not a cluster member")]
+    UnknownSigner(NodeId),
+    #[error("signer {0} appears twice")]
+    DuplicateSigner(NodeId),
+    #[error("a commit signature is invalid")]
+    BadSignature,
+    #[error("certificate is for seq {cert_seq} / another digest than batch seq {batch_seq}")]
+    Mismatch { cert_seq: u64, batch_seq: u64 },
+}
+
+/// The payload bytes a replica signs when it commits `(view, seq, digest)`.
+pub fn commit_payload_bytes(view: u64, seq: u64, digest: [u8; 32], replica: NodeId) -> Vec<u8> {
+    encode_payload(&Payload::Commit(Commit {
+        view,
+        seq,
+        digest,
+        replica,
+    }))
+}
+
+impl CommitCertificate {
+    /// Checks that at least the quorum (2f+1 for n = 3f+1) of distinct members signed the
+    /// canonical COMMIT for `(view, seq, digest)`. Signatures are checked with one batch verify.
+    pub fn verify(&self, public_keys: &[VerifyingKey], f: usize) -> Result<(), CertificateError> {
+        let need = quorum(public_keys.len(), f);
+        let mut seen = BTreeSet::new();
+        let mut payloads = Vec::with_capacity(self.commits.len());
+        for (id, _) in &self.commits {
+            if *id >= public_keys.len() as u64 {
+                return Err(CertificateError::UnknownSigner(*id));
+            }
+            if !seen.insert(*id) {
+                return Err(CertificateError::DuplicateSigner(*id));
+            }
+            payloads.push(commit_payload_bytes(self.view, self.seq, self.digest, *id));
+        }
+        if seen.len() < need {
+            return Err(CertificateError::TooFewSigners {
+                have: seen.len(),
+                need,
+            });
+        }
+        let items: Vec<(&[u8], Signature64, VerifyingKey)> = self
+            .commits
+            .iter()
+            .zip(&payloads)
+            .map(|((id, sig), p)| (p.as_slice(), *sig, public_keys[*id as usize]))
+            .collect();
+        if verify_many(&items) {
+            Ok(())
+        } else {
+            Err(CertificateError::BadSignature)
+        }
+    }
+}
+
+impl CommittedBatch {
+    /// Checks the certificate and that it certifies this batch's seq, view and digest. (The batch
+    /// digest against the requests is the app's business: `App::batch_digest`.)
+    pub fn verify_certificate(
+        &self,
+        public_keys: &[VerifyingKey],
+        f: usize,
+    ) -> Result<(), CertificateError> {
+        if self.certificate.seq != self.seq
+            || self.certificate.digest != self.digest
+            || self.certificate.view != self.view
+        {
+            return Err(CertificateError::Mismatch {
+                cert_seq: self.certificate.seq,
+                batch_seq: self.seq,
+            });
+        }
+        self.certificate.verify(public_keys, f)
+    }
+}

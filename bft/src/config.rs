@@ -1,0 +1,130 @@
+//! Cluster configuration: who the replicas are and the protocol's tunables.
+
+use ed25519_dalek::VerifyingKey;
+use thiserror::Error;
+
+/// A replica's index in `Config::public_keys`. Ids are `0..n`; the primary of view `v` is `v mod n`
+/// (PBFT §4.1).
+pub type NodeId = u64;
+
+/// Static configuration of one replica. Every replica of a cluster must use the same
+/// `public_keys`, `checkpoint_interval` and `watermark_window`, otherwise their watermarks and
+/// quorums disagree.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This replica's id (index into `public_keys`).
+    pub id: NodeId,
+    /// Verifying keys of all replicas; the index is the `NodeId`.
+    pub public_keys: Vec<VerifyingKey>,
+    /// K: a checkpoint is taken every K sequence numbers (PBFT §4.3). Default 16.
+    pub checkpoint_interval: u64,
+    /// L: sequence numbers are accepted only in `(h, h + L]` where h is the last stable
+    /// checkpoint (PBFT §4.2 watermarks). Must be a multiple of K. Default 4K.
+    pub watermark_window: u64,
+    /// Maximum number of requests in one pre-prepare. Default 256.
+    pub max_batch: usize,
+    /// Base view-change timeout T in ticks; doubled for each consecutive view change (§4.5.2).
+    pub view_change_timeout_ticks: u32,
+    /// How long a backup waits for a request it knows about to execute before it suspects the
+    /// primary and starts a view change (§4.4). Also the state-transfer retry period.
+    pub request_timeout_ticks: u32,
+}
+
+impl Config {
+    /// A configuration with the documented defaults (K = 16, L = 64, batch 256, T = 20, request
+    /// timeout 40 ticks).
+    pub fn new(id: NodeId, public_keys: Vec<VerifyingKey>) -> Self {
+        Config {
+            id,
+            public_keys,
+            checkpoint_interval: 16,
+            watermark_window: 64,
+            max_batch: 256,
+            view_change_timeout_ticks: 20,
+            request_timeout_ticks: 40,
+        }
+    }
+
+    /// Number of replicas.
+    pub fn n(&self) -> usize {
+        self.public_keys.len()
+    }
+
+    /// Number of Byzantine faults tolerated: the largest f with n ≥ 3f + 1.
+    pub fn f(&self) -> usize {
+        self.n().saturating_sub(1) / 3
+    }
+
+    /// Quorum size: 2f + 1 when n = 3f + 1. For other n we use ⌈(n + f + 1) / 2⌉ so that any two
+    /// quorums still intersect in f + 1 replicas (at least one correct) — plain 2f + 1 would not
+    /// be safe for, say, n = 5.
+    pub fn quorum(&self) -> usize {
+        quorum(self.n(), self.f())
+    }
+
+    /// Primary of `view` (PBFT §4.1: p = v mod |R|).
+    pub fn primary(&self, view: u64) -> NodeId {
+        view % (self.n().max(1) as u64)
+    }
+
+    /// Checks the configuration before a replica is built from it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.n();
+        if n < 4 {
+            return Err(ConfigError::TooFewReplicas(n));
+        }
+        if self.id >= n as u64 {
+            return Err(ConfigError::UnknownId { id: self.id, n });
+        }
+        if self.checkpoint_interval == 0 {
+            return Err(ConfigError::ZeroCheckpointInterval);
+        }
+        if self.watermark_window < self.checkpoint_interval
+            || self.watermark_window % self.checkpoint_interval != 0
+        {
+            return Err(ConfigError::BadWindow {
+                window: self.watermark_window,
+                interval: self.checkpoint_interval,
+            });
+        }
+        if self.max_batch == 0 {
+            return Err(ConfigError::ZeroBatch);
+        }
+        if self.view_change_timeout_ticks == 0 || self.request_timeout_ticks == 0 {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        for (i, k) in self.public_keys.iter().enumerate() {
+            if self.public_keys[..i].contains(k) {
+                return Err(ConfigError::DuplicateKey(i as NodeId));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn quorum(n: usize, f: usize) -> usize {
+    (n + f + 2) / 2
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("PBFT needs at least 4 replicas (n = 3f + 1 with f ≥ 1), got {0}")]
+    TooFewReplicas(usize),
+    #[error("replica id {id} is not in the cluster of {n}")]
+    UnknownId { id: NodeId, n: usize },
+    #[error("checkpoint_interval must be at least 1")]
+    ZeroCheckpointInterval,
+    #[error(
+        "watermark_window {window} must be a positive multiple of checkpoint_interval {interval}"
+    )]
+    BadWindow { window: u64, interval: u64 },
+    #[error("max_batch must be at least 1")]
+    ZeroBatch,
+    #[error("timeouts must be at least one tick")]
+    ZeroTimeout,
+    #[error("public key of replica {0} appears twice")]
+    DuplicateKey(NodeId),
+    #[error("the signing key does not match public_keys[id]")]
+    KeyMismatch,
+}

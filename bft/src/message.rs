@@ -1,0 +1,258 @@
+//! Wire messages. Every message is a `SignedMessage { payload, signature }` where `payload` is
+//! the postcard encoding of a [`Payload`] and the signature covers `DOMAIN ‖ payload` exactly as
+//! received — a receiver never re-encodes before verifying. Payloads must also be in canonical
+//! form (re-encoding gives the same bytes), which makes a COMMIT's signed bytes reconstructible
+//! from `(view, seq, digest, replica)` for offline commit-certificate checks.
+//!
+//! These types are public so that tests and the node's Byzantine modes can craft messages
+//! (equivocating pre-prepares, forged signatures, inflated views).
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::certificate::CommittedBatch;
+use crate::config::NodeId;
+use crate::crypto::{sign_bytes, verify_bytes, Signature64};
+use crate::Rejected;
+
+/// Largest accepted wire message. A view change carries up to L prepared batches, so this is
+/// generous; anything larger is dropped before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Rejection reasons, as counted in `Replica::rejections()`.
+pub mod reason {
+    pub const MALFORMED: &str = "malformed";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const BAD_SIGNATURE: &str = "bad_signature";
+    pub const UNKNOWN_PEER: &str = "unknown_peer";
+    pub const WRONG_SENDER: &str = "wrong_sender";
+    pub const STALE: &str = "stale";
+    pub const OUT_OF_WINDOW: &str = "out_of_window";
+    pub const WRONG_VIEW: &str = "wrong_view";
+    pub const NOT_PRIMARY: &str = "not_primary";
+    pub const CONFLICT: &str = "conflicting_message";
+    pub const BAD_DIGEST: &str = "bad_digest";
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    pub const BAD_PROOF: &str = "bad_proof";
+    pub const BAD_NEW_VIEW: &str = "bad_new_view";
+    pub const BAD_CERTIFICATE: &str = "bad_certificate";
+    pub const UNSOLICITED: &str = "unsolicited";
+    pub const CANNOT_SERVE: &str = "cannot_serve";
+    pub const BUFFER_FULL: &str = "buffer_full";
+}
+
+/// The envelope on the wire: payload bytes plus a signature over `DOMAIN ‖ payload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedMessage {
+    pub payload: Vec<u8>,
+    pub signature: Signature64,
+}
+
+impl SignedMessage {
+    /// Postcard encoding of the envelope (what goes on the wire).
+    pub fn to_wire(&self) -> Vec<u8> {
+        encode(self)
+    }
+}
+
+/// A client request forwarded by a backup to the primary (PBFT §4.1: "the backup relays it").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub replica: NodeId,
+    pub request: Vec<u8>,
+}
+
+/// PRE-PREPARE ⟨v, n, d⟩ with the batch piggybacked (PBFT §4.2). The batch is inside the signed
+/// payload so that a prepared certificate carries the requests the new primary must re-propose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrePrepare {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub requests: Vec<Vec<u8>>,
+    pub replica: NodeId,
+}
+
+/// PREPARE ⟨v, n, d, i⟩ (PBFT §4.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub replica: NodeId,
+}
+
+/// COMMIT ⟨v, n, d, i⟩ (PBFT §4.2). Its canonical encoding is what commit certificates verify.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub replica: NodeId,
+}
+
+/// CHECKPOINT ⟨n, d, i⟩ (PBFT §4.3): d is the node's state digest (ledger head) after seq n.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub state_digest: [u8; 32],
+    pub replica: NodeId,
+}
+
+/// A prepared certificate (PBFT §4.4 set P): the signed pre-prepare and 2f signed matching
+/// prepares from distinct backups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedProof {
+    pub pre_prepare: SignedMessage,
+    pub prepares: Vec<SignedMessage>,
+}
+
+/// VIEW-CHANGE ⟨v+1, n, C, P, i⟩ (PBFT §4.4): n is the last stable checkpoint, C its proof
+/// (2f+1 signed checkpoints; empty for the genesis checkpoint 0), P the prepared certificates
+/// above n.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub new_view: u64,
+    pub replica: NodeId,
+    pub stable_seq: u64,
+    pub stable_digest: [u8; 32],
+    pub checkpoint_proof: Vec<SignedMessage>,
+    pub prepared: Vec<PreparedProof>,
+}
+
+/// NEW-VIEW ⟨v+1, V, O⟩ (PBFT §4.4): V the 2f+1 signed view changes, O the re-issued signed
+/// pre-prepares for view v+1 computed from V.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewView {
+    pub view: u64,
+    pub replica: NodeId,
+    pub view_changes: Vec<SignedMessage>,
+    pub pre_prepares: Vec<SignedMessage>,
+}
+
+/// Ask a peer for committed batches `from_seq..=to_seq` (TOCS §5.3.2 state transfer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRequest {
+    pub replica: NodeId,
+    pub from_seq: u64,
+    pub to_seq: u64,
+}
+
+/// Committed batches with their commit certificates; self-certifying, so one correct responder
+/// suffices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateResponse {
+    pub replica: NodeId,
+    pub batches: Vec<CommittedBatch>,
+}
+
+/// Every protocol message. The variant order is part of the wire format (postcard encodes the
+/// variant index) — append only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    Request(Request),
+    PrePrepare(PrePrepare),
+    Prepare(Prepare),
+    Commit(Commit),
+    Checkpoint(Checkpoint),
+    ViewChange(ViewChange),
+    NewView(NewView),
+    StateRequest(StateRequest),
+    StateResponse(StateResponse),
+}
+
+impl Payload {
+    /// The replica that claims to have signed this payload.
+    pub fn signer(&self) -> NodeId {
+        match self {
+            Payload::Request(m) => m.replica,
+            Payload::PrePrepare(m) => m.replica,
+            Payload::Prepare(m) => m.replica,
+            Payload::Commit(m) => m.replica,
+            Payload::Checkpoint(m) => m.replica,
+            Payload::ViewChange(m) => m.replica,
+            Payload::NewView(m) => m.replica,
+            Payload::StateRequest(m) => m.replica,
+            Payload::StateResponse(m) => m.replica,
+        }
+    }
+
+    /// snake_case name used in `Outgoing::kind` and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Request(_) => "request",
+            Payload::PrePrepare(_) => "pre_prepare",
+            Payload::Prepare(_) => "prepare",
+            Payload::Commit(_) => "commit",
+            Payload::Checkpoint(_) => "checkpoint",
+            Payload::ViewChange(_) => "view_change",
+            Payload::NewView(_) => "new_view",
+            Payload::StateRequest(_) => "state_request",
+            Payload::StateResponse(_) => "state_response",
+        }
+    }
+}
+
+/// Postcard encoding of our own (in-memory, well-formed) values. Encoding into a Vec cannot fail
+/// for these types: no maps with non-string keys, no unsized sequences.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// Encodes a payload canonically.
+pub fn encode_payload(p: &Payload) -> Vec<u8> {
+    encode(p)
+}
+
+/// Decodes payload bytes and insists they are canonical (re-encoding gives the same bytes, no
+/// trailing garbage), so that one logical message has exactly one signed form.
+pub fn decode_payload(bytes: &[u8]) -> Result<Payload, Rejected> {
+    let p: Payload = postcard::from_bytes(bytes).map_err(|_| Rejected::new(reason::MALFORMED))?;
+    if encode(&p) != bytes {
+        return Err(Rejected::new(reason::MALFORMED));
+    }
+    Ok(p)
+}
+
+/// Signs a payload: returns the envelope.
+pub fn sign_message(payload: &Payload, key: &SigningKey) -> SignedMessage {
+    let bytes = encode_payload(payload);
+    let signature = sign_bytes(&bytes, key);
+    SignedMessage {
+        payload: bytes,
+        signature,
+    }
+}
+
+/// Signs a payload and returns the wire bytes (postcard of the `SignedMessage`).
+pub fn sign(payload: &Payload, key: &SigningKey) -> Vec<u8> {
+    sign_message(payload, key).to_wire()
+}
+
+/// Decodes a wire envelope (size-limited) without checking the signature.
+pub fn decode_signed(bytes: &[u8]) -> Result<SignedMessage, Rejected> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejected::new(reason::TOO_LARGE));
+    }
+    let m: SignedMessage =
+        postcard::from_bytes(bytes).map_err(|_| Rejected::new(reason::MALFORMED))?;
+    Ok(m)
+}
+
+/// Decodes wire bytes, checks the claimed signer is a member and verifies the signature over the
+/// payload bytes exactly as received. Does not check protocol state (views, watermarks); the
+/// replica does that.
+pub fn decode_and_verify(
+    bytes: &[u8],
+    public_keys: &[VerifyingKey],
+) -> Result<(Payload, SignedMessage), Rejected> {
+    let m = decode_signed(bytes)?;
+    let p = decode_payload(&m.payload)?;
+    let key = public_keys
+        .get(usize::try_from(p.signer()).unwrap_or(usize::MAX))
+        .ok_or(Rejected::new(reason::UNKNOWN_PEER))?;
+    if !verify_bytes(&m.payload, &m.signature, key) {
+        return Err(Rejected::new(reason::BAD_SIGNATURE));
+    }
+    Ok((p, m))
+}

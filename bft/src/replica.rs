@@ -1,0 +1,1240 @@
+//! The PBFT replica state machine (Castro & Liskov OSDI'99 §4, TOCS'02 §4–5).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use crate::certificate::{CommitCertificate, CommittedBatch, NULL_DIGEST};
+use crate::checkpoint::{CheckpointVotes, StableCheckpoint};
+use crate::config::{Config, ConfigError, NodeId};
+use crate::crypto::{sha256, VerifyCache};
+use crate::log::Slot;
+use crate::message::{
+    decode_payload, decode_signed, encode, reason, sign_message, Checkpoint, Commit, NewView,
+    Payload, PrePrepare, Prepare, PreparedProof, Request, SignedMessage, StateRequest,
+    StateResponse, ViewChange,
+};
+use crate::persist::{self, seq_key, ViewState};
+use crate::state_transfer::{Fetch, FetchState};
+use crate::view_change::{compute_plan, validate_view_change, NewViewPlan, PreparedCert, VcEntry};
+use crate::{
+    App, InvalidBatch, Outgoing, PersistOp, Ready, Rejected, RestoreError, ServeRequest, Status,
+    SubmitError,
+};
+
+/// Largest client request accepted by `submit`.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// How many executed request hashes the primary remembers for de-duplication.
+const RECENT_EXECUTED: usize = 1 << 16;
+/// Verified-signature cache size.
+const VERIFY_CACHE: usize = 1 << 16;
+/// Messages of views up to this far ahead are buffered rather than rejected.
+const FUTURE_VIEWS: u64 = 4;
+
+type Hash = [u8; 32];
+
+/// One PBFT replica. See the crate docs for the input/output contract.
+pub struct Replica<A: App> {
+    cfg: Config,
+    key: SigningKey,
+    app: A,
+    me: NodeId,
+    n: usize,
+    f: usize,
+    q: usize,
+
+    view: u64,
+    in_view_change: bool,
+    vc_consecutive: u32,
+    vc_timer: Option<u32>,
+    new_view_sent: Option<u64>,
+    /// Latest validated VIEW-CHANGE per sender (a correct replica's views only grow).
+    view_changes: BTreeMap<NodeId, VcEntry>,
+
+    log: BTreeMap<u64, Slot>,
+    next_seq: u64,
+    last_executed: u64,
+    /// The P set: highest-view prepared certificate per seq above the stable checkpoint.
+    prepared: BTreeMap<u64, PreparedCert>,
+    stable: StableCheckpoint,
+    checkpoints: CheckpointVotes,
+
+    queue: VecDeque<(Hash, Vec<u8>)>,
+    queued: BTreeSet<Hash>,
+    in_flight: BTreeSet<Hash>,
+    recent: BTreeSet<Hash>,
+    recent_order: VecDeque<Hash>,
+    /// Requests submitted at this backup and not yet executed (the request timer watches them).
+    pending: BTreeMap<Hash, Vec<u8>>,
+    request_timer: Option<u32>,
+
+    /// Verified messages for a later view / beyond the high watermark, replayed when we get there.
+    future: VecDeque<(NodeId, Vec<u8>)>,
+    fetch: Option<FetchState>,
+    persisted_seqs: BTreeSet<u64>,
+
+    cache: VerifyCache,
+    rejections: BTreeMap<&'static str, u64>,
+    out: Ready,
+}
+
+impl<A: App> Replica<A> {
+    /// A fresh replica in view 0 with the genesis checkpoint.
+    pub fn new(config: Config, key: SigningKey, app: A) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if config.public_keys[config.id as usize] != key.verifying_key() {
+            return Err(ConfigError::KeyMismatch);
+        }
+        let n = config.n();
+        let f = config.f();
+        let q = config.quorum();
+        Ok(Replica {
+            me: config.id,
+            cfg: config,
+            key,
+            app,
+            n,
+            f,
+            q,
+            view: 0,
+            in_view_change: false,
+            vc_consecutive: 0,
+            vc_timer: None,
+            new_view_sent: None,
+            view_changes: BTreeMap::new(),
+            log: BTreeMap::new(),
+            next_seq: 1,
+            last_executed: 0,
+            prepared: BTreeMap::new(),
+            stable: StableCheckpoint::genesis(),
+            checkpoints: CheckpointVotes::default(),
+            queue: VecDeque::new(),
+            queued: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            recent: BTreeSet::new(),
+            recent_order: VecDeque::new(),
+            pending: BTreeMap::new(),
+            request_timer: None,
+            future: VecDeque::new(),
+            fetch: None,
+            persisted_seqs: BTreeSet::new(),
+            cache: VerifyCache::new(VERIFY_CACHE),
+            rejections: BTreeMap::new(),
+            out: Ready::default(),
+        })
+    }
+
+    /// Rebuilds a replica from every record it persisted (as `PersistOp`s applied in order).
+    /// The restored replica remembers its view, its accepted pre-prepares and own votes in that
+    /// view, its prepared certificates and stable checkpoint, so it never signs a message that
+    /// conflicts with one it signed before the crash.
+    pub fn restore(
+        config: Config,
+        key: SigningKey,
+        app: A,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, RestoreError> {
+        let mut r = Replica::new(config, key, app)?;
+        let corrupt = |k: &[u8]| RestoreError::Corrupt(String::from_utf8_lossy(k).into_owned());
+        let mut by_seq: BTreeMap<u64, BTreeMap<&'static [u8], Vec<u8>>> = BTreeMap::new();
+        let mut own_vc = None;
+        for (k, v) in &records {
+            if k.as_slice() == persist::VIEW {
+                let vs: ViewState = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
+                r.view = vs.view;
+                r.in_view_change = vs.in_view_change;
+                r.vc_consecutive = vs.vc_consecutive;
+            } else if k.as_slice() == persist::EXEC {
+                r.last_executed = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
+            } else if k.as_slice() == persist::STABLE {
+                r.stable = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
+            } else if k.as_slice() == persist::VC {
+                own_vc = Some(v.clone());
+            } else if let Some((prefix, seq)) = persist::parse_seq_key(k) {
+                by_seq.entry(seq).or_default().insert(prefix, v.clone());
+            }
+        }
+        let decode_msg = |k: &[u8], v: &[u8]| -> Result<(SignedMessage, Payload), RestoreError> {
+            let m: SignedMessage = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
+            let p = decode_payload(&m.payload).map_err(|_| corrupt(k))?;
+            Ok((m, p))
+        };
+        let h = r.stable.seq;
+        for (seq, recs) in by_seq {
+            r.persisted_seqs.insert(seq);
+            if seq <= h {
+                continue;
+            }
+            if let Some(v) = recs.get(persist::PC) {
+                let proof: PreparedProof =
+                    postcard::from_bytes(v).map_err(|_| corrupt(persist::PC))?;
+                let p =
+                    decode_payload(&proof.pre_prepare.payload).map_err(|_| corrupt(persist::PC))?;
+                if let Payload::PrePrepare(pp) = p {
+                    r.prepared.insert(
+                        seq,
+                        PreparedCert {
+                            view: pp.view,
+                            digest: pp.digest,
+                            requests: pp.requests,
+                            proof,
+                        },
+                    );
+                }
+            }
+            if r.in_view_change {
+                continue;
+            }
+            let Some(v) = recs.get(persist::PP) else {
+                continue;
+            };
+            let (m, p) = decode_msg(persist::PP, v)?;
+            let Payload::PrePrepare(pp) = p else {
+                return Err(corrupt(persist::PP));
+            };
+            if pp.view != r.view {
+                continue;
+            }
+            let mut slot = Slot::new(r.view);
+            let digest = pp.digest;
+            slot.pre_prepare = Some((m, pp));
+            if let Some(v) = recs.get(persist::PR) {
+                let (m, p) = decode_msg(persist::PR, v)?;
+                if let Payload::Prepare(x) = p {
+                    if x.view == r.view && x.digest == digest {
+                        slot.prepares.insert(r.me, (digest, m));
+                    }
+                }
+            }
+            if let Some(v) = recs.get(persist::CM) {
+                let (m, p) = decode_msg(persist::CM, v)?;
+                if let Payload::Commit(x) = p {
+                    if x.view == r.view && x.digest == digest {
+                        slot.commits.insert(r.me, (digest, m.signature));
+                        slot.prepared = true;
+                    }
+                }
+            }
+            r.log.insert(seq, slot);
+        }
+        if let Some(v) = own_vc {
+            let (m, p) = decode_msg(persist::VC, &v)?;
+            if let Payload::ViewChange(vc) = p {
+                if vc.new_view == r.view {
+                    let mut certs = BTreeMap::new();
+                    for proof in &vc.prepared {
+                        if let Ok(Payload::PrePrepare(pp)) =
+                            decode_payload(&proof.pre_prepare.payload)
+                        {
+                            certs.insert(
+                                pp.seq,
+                                PreparedCert {
+                                    view: pp.view,
+                                    digest: pp.digest,
+                                    requests: pp.requests,
+                                    proof: proof.clone(),
+                                },
+                            );
+                        }
+                    }
+                    r.view_changes.insert(r.me, VcEntry { msg: m, vc, certs });
+                }
+            }
+        }
+        let top = r.log.keys().next_back().copied().unwrap_or(0);
+        r.next_seq = top.max(h).max(r.last_executed) + 1;
+        Ok(r)
+    }
+
+    // ------------------------------------------------------------------ accessors
+
+    /// Messages dropped so far, by reason.
+    pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejections
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.me,
+            view: self.view,
+            primary: self.cfg.primary(self.view),
+            in_view_change: self.in_view_change,
+            last_executed: self.last_executed,
+            low_watermark: self.stable.seq,
+            stable_checkpoint: self.stable.seq,
+            stable_digest: self.stable.digest,
+            queued_requests: self.queue.len(),
+            pending_requests: self.pending.len(),
+        }
+    }
+
+    /// Drains everything produced since the last call.
+    pub fn ready(&mut self) -> Ready {
+        std::mem::take(&mut self.out)
+    }
+
+    fn is_primary(&self) -> bool {
+        self.cfg.primary(self.view) == self.me
+    }
+
+    fn h(&self) -> u64 {
+        self.stable.seq
+    }
+
+    fn high(&self) -> u64 {
+        self.stable.seq.saturating_add(self.cfg.watermark_window)
+    }
+
+    // ------------------------------------------------------------------ output helpers
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.out.persist.push(PersistOp::Put { key, value });
+    }
+
+    fn put_seq(&mut self, prefix: &[u8], seq: u64, value: Vec<u8>) {
+        self.persisted_seqs.insert(seq);
+        self.put(seq_key(prefix, seq), value);
+    }
+
+    fn persist_view(&mut self) {
+        let vs = ViewState {
+            view: self.view,
+            in_view_change: self.in_view_change,
+            vc_consecutive: self.vc_consecutive,
+        };
+        self.put(persist::VIEW.to_vec(), encode(&vs));
+    }
+
+    /// Signs a payload and remembers it as verified (our own messages come back inside proofs).
+    fn sign(&mut self, p: &Payload) -> SignedMessage {
+        let m = sign_message(p, &self.key);
+        self.cache
+            .insert(VerifyCache::key(&m.payload, &m.signature));
+        m
+    }
+
+    fn send(&mut self, to: NodeId, kind: &'static str, m: &SignedMessage) {
+        let bytes: Arc<[u8]> = m.to_wire().into();
+        self.out.messages.push(Outgoing { to, kind, bytes });
+    }
+
+    fn broadcast(&mut self, kind: &'static str, m: &SignedMessage) {
+        let bytes: Arc<[u8]> = m.to_wire().into();
+        for to in 0..self.n as NodeId {
+            if to != self.me {
+                self.out.messages.push(Outgoing {
+                    to,
+                    kind,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+    }
+
+    fn reject(&mut self, r: &'static str) {
+        *self.rejections.entry(r).or_default() += 1;
+    }
+
+    fn batch_digest(&self, requests: &[Vec<u8>]) -> Result<Hash, InvalidBatch> {
+        if requests.is_empty() {
+            Ok(NULL_DIGEST)
+        } else {
+            self.app.batch_digest(requests)
+        }
+    }
+
+    // ------------------------------------------------------------------ client requests
+
+    /// A client request received at this replica. The primary queues it for the next batch; a
+    /// backup relays it to the primary and starts its request timer (PBFT §4.1, §4.4).
+    pub fn submit(&mut self, request: Vec<u8>) -> Result<(), SubmitError> {
+        if request.len() > MAX_REQUEST_BYTES {
+            return Err(SubmitError::TooLarge(request.len()));
+        }
+        if self.app.request_digest(&request).is_none() {
+            return Err(SubmitError::Invalid);
+        }
+        let h = sha256(&[&request]);
+        if self.is_known(&h) || self.pending.contains_key(&h) {
+            return Err(SubmitError::Duplicate);
+        }
+        if self.is_primary() && !self.in_view_change {
+            self.enqueue(h, request);
+            self.propose(false);
+        } else {
+            self.pending.insert(h, request.clone());
+            if !self.in_view_change {
+                let m = self.sign(&Payload::Request(Request {
+                    replica: self.me,
+                    request,
+                }));
+                let p = self.cfg.primary(self.view);
+                self.send(p, "request", &m);
+                if self.request_timer.is_none() {
+                    self.request_timer = Some(self.cfg.request_timeout_ticks);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_known(&self, h: &Hash) -> bool {
+        self.queued.contains(h) || self.in_flight.contains(h) || self.recent.contains(h)
+    }
+
+    fn enqueue(&mut self, h: Hash, request: Vec<u8>) {
+        if self.is_known(&h) {
+            return;
+        }
+        self.queued.insert(h);
+        self.queue.push_back((h, request));
+    }
+
+    /// The primary cuts batches: when `max_batch` requests are queued, or any on a tick, while
+    /// the next sequence number is inside the watermark window (§4.2 pipelining).
+    fn propose(&mut self, force: bool) {
+        while !self.in_view_change
+            && self.is_primary()
+            && !self.queue.is_empty()
+            && self.next_seq <= self.high()
+            && (force || self.queue.len() >= self.cfg.max_batch)
+        {
+            let take = self.cfg.max_batch.min(self.queue.len());
+            let batch: Vec<(Hash, Vec<u8>)> = self.queue.drain(..take).collect();
+            for (h, _) in &batch {
+                self.queued.remove(h);
+            }
+            let requests: Vec<Vec<u8>> = batch.iter().map(|(_, r)| r.clone()).collect();
+            let digest = match self.batch_digest(&requests) {
+                Ok(d) => d,
+                Err(_) => {
+                    // A request valid on its own made the batch invalid (e.g. the app's view
+                    // of a client changed): drop the batch rather than propose garbage.
+                    self.reject(reason::INVALID_REQUEST);
+                    continue;
+                }
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let pp = PrePrepare {
+                view: self.view,
+                seq,
+                digest,
+                requests,
+                replica: self.me,
+            };
+            let m = self.sign(&Payload::PrePrepare(pp.clone()));
+            self.put_seq(persist::PP, seq, m.to_wire());
+            self.broadcast("pre_prepare", &m);
+            for (h, _) in batch {
+                self.in_flight.insert(h);
+            }
+            let mut slot = Slot::new(self.view);
+            slot.pre_prepare = Some((m, pp));
+            self.log.insert(seq, slot);
+            self.check_slot(seq);
+        }
+    }
+
+    // ------------------------------------------------------------------ ticks
+
+    /// Advances logical time: cuts partial batches at the primary and runs the request,
+    /// view-change and state-transfer timers.
+    pub fn tick(&mut self) {
+        self.propose(true);
+        if !self.in_view_change {
+            if let Some(t) = self.request_timer {
+                if t <= 1 {
+                    self.request_timer = None;
+                    // §4.4: the backup suspects the primary of view v and moves to v + 1.
+                    self.start_view_change(self.view + 1);
+                } else {
+                    self.request_timer = Some(t - 1);
+                }
+            }
+        } else if let Some(t) = self.vc_timer {
+            if t <= 1 {
+                self.vc_timer = None;
+                // §4.5.2: the new primary did not deliver a NEW-VIEW in time: try v + 1 with a
+                // doubled timeout.
+                self.start_view_change(self.view + 1);
+            } else {
+                self.vc_timer = Some(t - 1);
+            }
+        }
+        if let Some(fs) = &mut self.fetch {
+            if fs.ticks_left <= 1 {
+                fs.next_peer += 1;
+                fs.ticks_left = self.cfg.request_timeout_ticks;
+                self.send_fetch();
+            } else {
+                fs.ticks_left -= 1;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ receive
+
+    /// Handles one wire message from peer `from`. Every check a peer could fail is a counted
+    /// rejection, never a panic: size, decoding (canonical), membership, sender = signer,
+    /// view and watermarks, then the signature over the payload bytes as received.
+    pub fn step(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), Rejected> {
+        match self.step_inner(from, bytes) {
+            Ok(()) => Ok(()),
+            Err(r) => {
+                self.reject(r);
+                Err(Rejected::new(r))
+            }
+        }
+    }
+
+    fn step_inner(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), &'static str> {
+        if from >= self.n as NodeId {
+            return Err(reason::UNKNOWN_PEER);
+        }
+        let m = decode_signed(bytes).map_err(|r| r.reason)?;
+        let p = decode_payload(&m.payload).map_err(|r| r.reason)?;
+        let signer = p.signer();
+        if signer >= self.n as NodeId {
+            return Err(reason::UNKNOWN_PEER);
+        }
+        if signer != from || from == self.me {
+            return Err(reason::WRONG_SENDER);
+        }
+        // Cheap protocol checks before the expensive signature check.
+        let buffer = self.precheck(&p)?;
+        if !self
+            .cache
+            .verify_all(&self.cfg.public_keys, &[(&m, signer)])
+        {
+            return Err(reason::BAD_SIGNATURE);
+        }
+        if buffer {
+            if self.future.len() >= 4 * self.n * self.cfg.watermark_window as usize + 64 {
+                return Err(reason::BUFFER_FULL);
+            }
+            self.future.push_back((from, bytes.to_vec()));
+            return Ok(());
+        }
+        match p {
+            Payload::Request(r) => self.on_request(r),
+            Payload::PrePrepare(pp) => self.on_pre_prepare(m, pp),
+            Payload::Prepare(x) => self.on_prepare(m, x),
+            Payload::Commit(x) => self.on_commit(m, x),
+            Payload::Checkpoint(c) => self.on_checkpoint(m, c),
+            Payload::ViewChange(vc) => self.on_view_change(m, vc),
+            Payload::NewView(nv) => self.on_new_view(nv),
+            Payload::StateRequest(r) => self.on_state_request(r),
+            Payload::StateResponse(r) => self.on_state_response(r),
+        }
+    }
+
+    /// Returns Ok(true) if the message is for a later view (or just beyond the high watermark)
+    /// and should be buffered after its signature is checked.
+    fn precheck(&self, p: &Payload) -> Result<bool, &'static str> {
+        let normal = |view: u64, seq: u64| -> Result<bool, &'static str> {
+            if view < self.view || seq <= self.h() {
+                return Err(reason::STALE);
+            }
+            if view > self.view.saturating_add(FUTURE_VIEWS) {
+                return Err(reason::WRONG_VIEW);
+            }
+            if seq > self.high().saturating_add(self.cfg.watermark_window) {
+                return Err(reason::OUT_OF_WINDOW);
+            }
+            // PBFT §4.2: only h < n ≤ H is accepted; slightly ahead is kept for when the
+            // window moves (another replica's checkpoint may have become stable first).
+            Ok(view > self.view || self.in_view_change || seq > self.high())
+        };
+        match p {
+            Payload::PrePrepare(x) => normal(x.view, x.seq),
+            Payload::Prepare(x) => normal(x.view, x.seq),
+            Payload::Commit(x) => normal(x.view, x.seq),
+            Payload::Checkpoint(c) => {
+                if c.seq == 0 || c.seq % self.cfg.checkpoint_interval != 0 {
+                    Err(reason::MALFORMED)
+                } else if c.seq <= self.h() {
+                    Err(reason::STALE)
+                } else {
+                    Ok(false)
+                }
+            }
+            Payload::ViewChange(vc) => {
+                if vc.new_view < self.view || (vc.new_view == self.view && !self.in_view_change) {
+                    return Err(reason::STALE);
+                }
+                match self.view_changes.get(&vc.replica) {
+                    Some(e) if e.vc.new_view >= vc.new_view => Err(reason::STALE),
+                    _ => Ok(false),
+                }
+            }
+            Payload::NewView(nv) => {
+                if nv.view < self.view || (nv.view == self.view && !self.in_view_change) {
+                    Err(reason::STALE)
+                } else if nv.replica != self.cfg.primary(nv.view) {
+                    Err(reason::NOT_PRIMARY)
+                } else {
+                    Ok(false)
+                }
+            }
+            Payload::Request(r) => {
+                if r.request.len() > MAX_REQUEST_BYTES {
+                    Err(reason::MALFORMED)
+                } else {
+                    Ok(false)
+                }
+            }
+            Payload::StateRequest(r) => {
+                if r.from_seq == 0 || r.from_seq > r.to_seq {
+                    Err(reason::MALFORMED)
+                } else if r.from_seq > self.last_executed {
+                    Err(reason::CANNOT_SERVE)
+                } else {
+                    Ok(false)
+                }
+            }
+            Payload::StateResponse(_) => {
+                if self.fetch.is_none() {
+                    Err(reason::UNSOLICITED)
+                } else {
+                    Ok(false)
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, r: Request) -> Result<(), &'static str> {
+        if !self.is_primary() || self.in_view_change {
+            return Err(reason::NOT_PRIMARY);
+        }
+        if self.app.request_digest(&r.request).is_none() {
+            return Err(reason::INVALID_REQUEST);
+        }
+        let h = sha256(&[&r.request]);
+        self.enqueue(h, r.request);
+        self.propose(false);
+        Ok(())
+    }
+
+    /// §4.2: a backup accepts a pre-prepare for (v, n) if it is in view v, the signature is the
+    /// primary's, n is within the watermarks, it has not accepted a different pre-prepare for
+    /// (v, n), and the batch is valid with the claimed digest.
+    fn on_pre_prepare(&mut self, m: SignedMessage, pp: PrePrepare) -> Result<(), &'static str> {
+        if pp.replica != self.cfg.primary(self.view) {
+            return Err(reason::NOT_PRIMARY);
+        }
+        if let Some(d) = self.log.get(&pp.seq).and_then(|s| s.digest()) {
+            return if d == pp.digest {
+                Ok(())
+            } else {
+                Err(reason::CONFLICT)
+            };
+        }
+        match self.batch_digest(&pp.requests) {
+            Ok(d) if d == pp.digest => {}
+            Ok(_) => return Err(reason::BAD_DIGEST),
+            Err(_) => return Err(reason::INVALID_REQUEST),
+        }
+        let seq = pp.seq;
+        let digest = pp.digest;
+        self.put_seq(persist::PP, seq, m.to_wire());
+        let prep = self.sign(&Payload::Prepare(Prepare {
+            view: self.view,
+            seq,
+            digest,
+            replica: self.me,
+        }));
+        self.put_seq(persist::PR, seq, prep.to_wire());
+        self.broadcast("prepare", &prep);
+        let view = self.view;
+        let me = self.me;
+        let slot = self.log.entry(seq).or_insert_with(|| Slot::new(view));
+        slot.pre_prepare = Some((m, pp));
+        slot.prepares.insert(me, (digest, prep));
+        self.check_slot(seq);
+        Ok(())
+    }
+
+    fn on_prepare(&mut self, m: SignedMessage, p: Prepare) -> Result<(), &'static str> {
+        if p.replica == self.cfg.primary(self.view) {
+            return Err(reason::WRONG_SENDER);
+        }
+        let view = self.view;
+        let slot = self.log.entry(p.seq).or_insert_with(|| Slot::new(view));
+        match slot.prepares.get(&p.replica) {
+            Some((d, _)) if *d != p.digest => return Err(reason::CONFLICT),
+            Some(_) => return Ok(()),
+            None => {
+                slot.prepares.insert(p.replica, (p.digest, m));
+            }
+        }
+        self.check_slot(p.seq);
+        Ok(())
+    }
+
+    fn on_commit(&mut self, m: SignedMessage, c: Commit) -> Result<(), &'static str> {
+        let view = self.view;
+        let slot = self.log.entry(c.seq).or_insert_with(|| Slot::new(view));
+        match slot.commits.get(&c.replica) {
+            Some((d, _)) if *d != c.digest => return Err(reason::CONFLICT),
+            Some(_) => return Ok(()),
+            None => {
+                slot.commits.insert(c.replica, (c.digest, m.signature));
+            }
+        }
+        self.check_slot(c.seq);
+        Ok(())
+    }
+
+    /// §4.2: prepared = pre-prepare + 2f matching prepares from distinct backups → multicast
+    /// COMMIT; committed-local = prepared + 2f+1 matching commits → execute in order.
+    fn check_slot(&mut self, seq: u64) {
+        let primary = self.cfg.primary(self.view);
+        let q = self.q;
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let Some((pp_msg, pp)) = slot.pre_prepare.clone() else {
+            return;
+        };
+        let digest = pp.digest;
+        if !slot.prepared {
+            let prepares: Vec<SignedMessage> = slot
+                .matching_prepares(&digest, primary)
+                .into_iter()
+                .take(q - 1)
+                .cloned()
+                .collect();
+            if prepares.len() + 1 < q {
+                return;
+            }
+            let proof = PreparedProof {
+                pre_prepare: pp_msg,
+                prepares,
+            };
+            self.put_seq(persist::PC, seq, encode(&proof));
+            self.prepared.insert(
+                seq,
+                PreparedCert {
+                    view: pp.view,
+                    digest,
+                    requests: pp.requests,
+                    proof,
+                },
+            );
+            let cm = self.sign(&Payload::Commit(Commit {
+                view: self.view,
+                seq,
+                digest,
+                replica: self.me,
+            }));
+            self.put_seq(persist::CM, seq, cm.to_wire());
+            self.broadcast("commit", &cm);
+            let me = self.me;
+            if let Some(slot) = self.log.get_mut(&seq) {
+                slot.prepared = true;
+                slot.commits.insert(me, (digest, cm.signature));
+            }
+        }
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return;
+        };
+        if !slot.committed && slot.prepared && slot.matching_commits(&digest).len() >= q {
+            slot.committed = true;
+            self.try_execute();
+        }
+    }
+
+    /// Hands committed batches to the node strictly in sequence order (§4.2 "execute in order").
+    fn try_execute(&mut self) {
+        loop {
+            let seq = self.last_executed + 1;
+            let Some(slot) = self.log.get(&seq) else {
+                return;
+            };
+            if !slot.committed {
+                return;
+            }
+            let Some((_, pp)) = &slot.pre_prepare else {
+                return;
+            };
+            let commits: Vec<_> = slot
+                .matching_commits(&pp.digest)
+                .into_iter()
+                .take(self.q)
+                .collect();
+            let batch = CommittedBatch {
+                seq,
+                view: slot.view,
+                requests: pp.requests.clone(),
+                digest: pp.digest,
+                certificate: CommitCertificate {
+                    view: slot.view,
+                    seq,
+                    digest: pp.digest,
+                    commits,
+                },
+            };
+            self.deliver(batch);
+        }
+    }
+
+    fn deliver(&mut self, batch: CommittedBatch) {
+        self.last_executed = batch.seq;
+        self.put(persist::EXEC.to_vec(), encode(&self.last_executed));
+        for r in &batch.requests {
+            let h = sha256(&[r]);
+            self.in_flight.remove(&h);
+            self.pending.remove(&h);
+            if self.recent.insert(h) {
+                self.recent_order.push_back(h);
+                if self.recent_order.len() > RECENT_EXECUTED {
+                    if let Some(old) = self.recent_order.pop_front() {
+                        self.recent.remove(&old);
+                    }
+                }
+            }
+        }
+        if !batch.requests.is_empty() {
+            self.vc_consecutive = 0;
+        }
+        // §4.4: stop the timer when no request is waiting, restart it when some executed while
+        // others still wait.
+        if !self.in_view_change {
+            self.request_timer = if self.pending.is_empty() {
+                None
+            } else {
+                Some(self.cfg.request_timeout_ticks)
+            };
+        }
+        self.out.committed.push(batch);
+    }
+
+    // ------------------------------------------------------------------ checkpoints
+
+    /// The node executed up to `seq` (a multiple of K) and its state digest is `state_digest`:
+    /// sign and multicast CHECKPOINT (§4.3).
+    pub fn executed(&mut self, seq: u64, state_digest: [u8; 32]) {
+        if seq == 0
+            || seq % self.cfg.checkpoint_interval != 0
+            || seq <= self.h()
+            || seq > self.last_executed
+            || self.checkpoints.has(seq, self.me)
+        {
+            return;
+        }
+        let m = self.sign(&Payload::Checkpoint(Checkpoint {
+            seq,
+            state_digest,
+            replica: self.me,
+        }));
+        self.put_seq(persist::CK, seq, m.to_wire());
+        self.broadcast("checkpoint", &m);
+        self.record_checkpoint(seq, self.me, state_digest, m);
+    }
+
+    fn on_checkpoint(&mut self, m: SignedMessage, c: Checkpoint) -> Result<(), &'static str> {
+        self.record_checkpoint(c.seq, c.replica, c.state_digest, m);
+        Ok(())
+    }
+
+    fn record_checkpoint(&mut self, seq: u64, from: NodeId, d: Hash, m: SignedMessage) {
+        let per_sender =
+            2 * (self.cfg.watermark_window / self.cfg.checkpoint_interval) as usize + 4;
+        self.checkpoints.add(seq, from, d, m, per_sender);
+        if let Some((digest, proof)) = self.checkpoints.stable_at(seq, self.q) {
+            self.install_stable(StableCheckpoint { seq, digest, proof });
+        }
+    }
+
+    /// A checkpoint with a 2f+1 proof: move the low watermark, garbage-collect the log and
+    /// records below it (§4.3), and fetch state if we have not executed that far (TOCS §5.3.2).
+    fn install_stable(&mut self, cp: StableCheckpoint) {
+        if cp.seq <= self.h() {
+            return;
+        }
+        let seq = cp.seq;
+        self.put(persist::STABLE.to_vec(), encode(&cp));
+        let peers: Vec<NodeId> = cp
+            .proof
+            .iter()
+            .filter_map(|m| decode_payload(&m.payload).ok().map(|p| p.signer()))
+            .filter(|id| *id != self.me)
+            .collect();
+        self.stable = cp;
+        self.log = self.log.split_off(&(seq + 1));
+        self.prepared = self.prepared.split_off(&(seq + 1));
+        self.checkpoints.gc(seq);
+        let keep = self.persisted_seqs.split_off(&(seq + 1));
+        let old = std::mem::replace(&mut self.persisted_seqs, keep);
+        for s in old {
+            for p in persist::SEQ_PREFIXES {
+                self.out
+                    .persist
+                    .push(PersistOp::Delete { key: seq_key(p, s) });
+            }
+        }
+        if self.next_seq <= seq {
+            self.next_seq = seq + 1;
+        }
+        if self.last_executed < seq {
+            self.fetch = Some(FetchState {
+                to_seq: seq,
+                peers,
+                next_peer: 0,
+                ticks_left: self.cfg.request_timeout_ticks,
+            });
+            self.send_fetch();
+        }
+        self.replay_future();
+        self.propose(false);
+    }
+
+    // ------------------------------------------------------------------ state transfer
+
+    fn send_fetch(&mut self) {
+        let Some(fs) = &self.fetch else { return };
+        if fs.peers.is_empty() {
+            return;
+        }
+        let peer = fs.peers[fs.next_peer % fs.peers.len()];
+        let from_seq = self.last_executed + 1;
+        let to_seq = fs.to_seq;
+        let m = self.sign(&Payload::StateRequest(StateRequest {
+            replica: self.me,
+            from_seq,
+            to_seq,
+        }));
+        self.send(peer, "state_request", &m);
+        self.out.fetch = Some(Fetch {
+            from_seq,
+            to_seq,
+            peers: vec![peer],
+        });
+    }
+
+    fn on_state_request(&mut self, r: StateRequest) -> Result<(), &'static str> {
+        let cap = r.from_seq.saturating_add(4 * self.cfg.watermark_window - 1);
+        self.out.serve.push(ServeRequest {
+            to: r.replica,
+            from_seq: r.from_seq,
+            to_seq: r.to_seq.min(self.last_executed).min(cap),
+        });
+        Ok(())
+    }
+
+    /// The node's answer to a `ServeRequest`: committed batches read from its ledger.
+    pub fn send_state(&mut self, to: NodeId, batches: Vec<CommittedBatch>) {
+        if to >= self.n as NodeId || to == self.me {
+            return;
+        }
+        let m = self.sign(&Payload::StateResponse(StateResponse {
+            replica: self.me,
+            batches,
+        }));
+        self.send(to, "state_response", &m);
+    }
+
+    /// Accepts batches that continue our executed prefix and carry a valid commit certificate
+    /// whose digest is the app's digest of the requests; emits them like normal commits.
+    fn on_state_response(&mut self, r: StateResponse) -> Result<(), &'static str> {
+        let mut result = Ok(());
+        for b in r.batches {
+            if b.seq <= self.last_executed {
+                continue;
+            }
+            if b.seq != self.last_executed + 1 {
+                result = Err(reason::BAD_CERTIFICATE);
+                break;
+            }
+            let digest_ok = matches!(self.batch_digest(&b.requests), Ok(d) if d == b.digest);
+            if !digest_ok || b.verify_certificate(&self.cfg.public_keys, self.f).is_err() {
+                result = Err(reason::BAD_CERTIFICATE);
+                break;
+            }
+            self.deliver(b);
+        }
+        if let Some(fs) = &self.fetch {
+            if self.last_executed >= fs.to_seq {
+                self.fetch = None;
+            } else if result.is_ok() {
+                self.send_fetch();
+            }
+        }
+        self.try_execute();
+        result
+    }
+
+    // ------------------------------------------------------------------ view change
+
+    /// §4.4: move to view `v`, stop normal-case processing and multicast VIEW-CHANGE with the
+    /// stable checkpoint proof and the prepared certificates above it.
+    fn start_view_change(&mut self, v: u64) {
+        if v < self.view || (v == self.view && self.in_view_change) {
+            return;
+        }
+        self.view = v;
+        self.in_view_change = true;
+        self.vc_consecutive = self.vc_consecutive.saturating_add(1);
+        self.vc_timer = None;
+        self.request_timer = None;
+        self.log.clear();
+        self.persist_view();
+        let h = self.h();
+        let prepared: Vec<PreparedProof> = self
+            .prepared
+            .range(h + 1..)
+            .map(|(_, c)| c.proof.clone())
+            .collect();
+        let vc = ViewChange {
+            new_view: v,
+            replica: self.me,
+            stable_seq: self.stable.seq,
+            stable_digest: self.stable.digest,
+            checkpoint_proof: self.stable.proof.clone(),
+            prepared,
+        };
+        let m = self.sign(&Payload::ViewChange(vc.clone()));
+        self.put(persist::VC.to_vec(), m.to_wire());
+        self.broadcast("view_change", &m);
+        let certs = self
+            .prepared
+            .range(h + 1..)
+            .map(|(s, c)| (*s, c.clone()))
+            .collect();
+        self.view_changes
+            .insert(self.me, VcEntry { msg: m, vc, certs });
+        self.after_view_change_update();
+    }
+
+    fn on_view_change(&mut self, m: SignedMessage, vc: ViewChange) -> Result<(), &'static str> {
+        let from = vc.replica;
+        let entry = validate_view_change(&self.cfg, &mut self.cache, m, vc)?;
+        self.view_changes.insert(from, entry);
+        self.after_view_change_update();
+        Ok(())
+    }
+
+    fn after_view_change_update(&mut self) {
+        // §4.5.2: f+1 view changes for views above ours prove at least one correct replica
+        // wants to move: join the smallest such view without waiting for our timer.
+        let higher: Vec<u64> = self
+            .view_changes
+            .iter()
+            .filter(|(id, e)| **id != self.me && e.vc.new_view > self.view)
+            .map(|(_, e)| e.vc.new_view)
+            .collect();
+        if higher.len() > self.f {
+            if let Some(v) = higher.iter().min().copied() {
+                self.start_view_change(v);
+                return;
+            }
+        }
+        if !self.in_view_change {
+            return;
+        }
+        let count = self
+            .view_changes
+            .values()
+            .filter(|e| e.vc.new_view == self.view)
+            .count();
+        if count < self.q {
+            return;
+        }
+        // §4.5.2: the timer starts once 2f+1 view changes for our view are in, and doubles for
+        // every consecutive view change.
+        if self.vc_timer.is_none() {
+            let shift = self.vc_consecutive.saturating_sub(1).min(16);
+            self.vc_timer = Some(
+                self.cfg
+                    .view_change_timeout_ticks
+                    .saturating_mul(1 << shift),
+            );
+        }
+        if self.is_primary() && self.new_view_sent != Some(self.view) {
+            self.send_new_view();
+        }
+    }
+
+    /// §4.4: the new primary picks 2f+1 view changes, computes O and multicasts NEW-VIEW.
+    fn send_new_view(&mut self) {
+        let v = self.view;
+        let entries: Vec<VcEntry> = self
+            .view_changes
+            .values()
+            .filter(|e| e.vc.new_view == v)
+            .take(self.q)
+            .cloned()
+            .collect();
+        let plan = compute_plan(&entries);
+        let mut pps = Vec::new();
+        for (seq, digest, requests) in &plan.reissue {
+            let pp = PrePrepare {
+                view: v,
+                seq: *seq,
+                digest: *digest,
+                requests: requests.clone(),
+                replica: self.me,
+            };
+            let m = self.sign(&Payload::PrePrepare(pp.clone()));
+            pps.push((m, pp));
+        }
+        let nv = NewView {
+            view: v,
+            replica: self.me,
+            view_changes: entries.iter().map(|e| e.msg.clone()).collect(),
+            pre_prepares: pps.iter().map(|(m, _)| m.clone()).collect(),
+        };
+        let m = self.sign(&Payload::NewView(nv));
+        self.new_view_sent = Some(v);
+        // enter_view persists the pre-prepares before this message can leave.
+        self.broadcast("new_view", &m);
+        self.enter_view(v, plan, pps);
+    }
+
+    /// §4.4: a backup accepts NEW-VIEW if it is signed by the new primary, carries 2f+1 valid
+    /// view changes for that view, and O equals what the backup computes from them.
+    fn on_new_view(&mut self, nv: NewView) -> Result<(), &'static str> {
+        let v = nv.view;
+        let n = self.n as NodeId;
+        let mut entries: Vec<VcEntry> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut outer: Vec<(SignedMessage, ViewChange)> = Vec::new();
+        for m in &nv.view_changes {
+            let Ok(Payload::ViewChange(vc)) = decode_payload(&m.payload) else {
+                return Err(reason::BAD_NEW_VIEW);
+            };
+            if vc.new_view != v || vc.replica >= n || !seen.insert(vc.replica) {
+                return Err(reason::BAD_NEW_VIEW);
+            }
+            outer.push((m.clone(), vc));
+        }
+        if outer.len() < self.q {
+            return Err(reason::BAD_NEW_VIEW);
+        }
+        let sigs: Vec<(&SignedMessage, NodeId)> =
+            outer.iter().map(|(m, vc)| (m, vc.replica)).collect();
+        if !self.cache.verify_all(&self.cfg.public_keys, &sigs) {
+            return Err(reason::BAD_SIGNATURE);
+        }
+        for (m, vc) in outer {
+            match self.view_changes.get(&vc.replica) {
+                Some(e) if e.msg == m => entries.push(e.clone()),
+                _ => entries.push(validate_view_change(&self.cfg, &mut self.cache, m, vc)?),
+            }
+        }
+        let plan = compute_plan(&entries);
+        if nv.pre_prepares.len() != plan.reissue.len() {
+            return Err(reason::BAD_NEW_VIEW);
+        }
+        let primary = self.cfg.primary(v);
+        let mut pps = Vec::new();
+        for (m, (seq, digest, requests)) in nv.pre_prepares.iter().zip(&plan.reissue) {
+            let Ok(Payload::PrePrepare(pp)) = decode_payload(&m.payload) else {
+                return Err(reason::BAD_NEW_VIEW);
+            };
+            if pp.view != v
+                || pp.replica != primary
+                || pp.seq != *seq
+                || pp.digest != *digest
+                || pp.requests != *requests
+            {
+                return Err(reason::BAD_NEW_VIEW);
+            }
+            pps.push((m.clone(), pp));
+        }
+        let sigs: Vec<(&SignedMessage, NodeId)> = pps.iter().map(|(m, _)| (m, primary)).collect();
+        if !self.cache.verify_all(&self.cfg.public_keys, &sigs) {
+            return Err(reason::BAD_SIGNATURE);
+        }
+        self.enter_view(v, plan, pps);
+        Ok(())
+    }
+
+    /// Installs view `v` from a NEW-VIEW: adopt min-s, rebuild the log from O (backups prepare
+    /// each re-issued pre-prepare), hand queued/pending requests to the new primary, and replay
+    /// buffered messages of this view.
+    fn enter_view(&mut self, v: u64, plan: NewViewPlan, pps: Vec<(SignedMessage, PrePrepare)>) {
+        self.view = v;
+        self.in_view_change = false;
+        self.vc_timer = None;
+        self.view_changes.retain(|_, e| e.vc.new_view > v);
+        self.persist_view();
+        if plan.stable.seq > self.h() {
+            self.install_stable(plan.stable.clone());
+        }
+        self.log.clear();
+        let primary = self.is_primary();
+        self.in_flight.clear();
+        for (m, pp) in pps {
+            if pp.seq <= self.h() {
+                continue;
+            }
+            let seq = pp.seq;
+            let digest = pp.digest;
+            self.put_seq(persist::PP, seq, m.to_wire());
+            let mut slot = Slot::new(v);
+            for r in &pp.requests {
+                self.in_flight.insert(sha256(&[r]));
+            }
+            if !primary {
+                let prep = self.sign(&Payload::Prepare(Prepare {
+                    view: v,
+                    seq,
+                    digest,
+                    replica: self.me,
+                }));
+                self.put_seq(persist::PR, seq, prep.to_wire());
+                self.broadcast("prepare", &prep);
+                slot.prepares.insert(self.me, (digest, prep));
+            }
+            slot.pre_prepare = Some((m, pp));
+            self.log.insert(seq, slot);
+        }
+        self.next_seq = plan.max_seq.max(self.h()).max(self.last_executed) + 1;
+        let pending = std::mem::take(&mut self.pending);
+        if primary {
+            for (h, r) in pending {
+                self.enqueue(h, r);
+            }
+            self.request_timer = None;
+        } else {
+            let p = self.cfg.primary(v);
+            for r in pending.values() {
+                let m = self.sign(&Payload::Request(Request {
+                    replica: self.me,
+                    request: r.clone(),
+                }));
+                self.send(p, "request", &m);
+            }
+            self.request_timer = if pending.is_empty() {
+                None
+            } else {
+                Some(self.cfg.request_timeout_ticks)
+            };
+            self.pending = pending;
+        }
+        self.replay_future();
+        let seqs: Vec<u64> = self.log.keys().copied().collect();
+        for s in seqs {
+            self.check_slot(s);
+        }
+        self.propose(false);
+    }
+
+    fn replay_future(&mut self) {
+        let buffered = std::mem::take(&mut self.future);
+        for (from, bytes) in buffered {
+            let _ = self.step(from, &bytes);
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! State transfer (TOCS §5.3.2, simplified to replaying committed batches): a replica that
+//! learns of a stable checkpoint above what it has executed asks a peer for the missing batches;
+//! each batch comes with its commit certificate, so a response is self-certifying and one
+//! correct peer suffices.
+
+use crate::config::NodeId;
+
+/// Emitted in `Ready::fetch` when this replica started (or retried) fetching batches
+/// `from_seq..=to_seq`; it has already sent a signed `StateRequest` to `peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub peers: Vec<NodeId>,
+}
+
+/// Emitted in `Ready::serve` when a peer asked for committed batches; the node answers with
+/// `Replica::send_state(to, batches)` read from its ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeRequest {
+    pub to: NodeId,
+    pub from_seq: u64,
+    pub to_seq: u64,
+}
+
+/// An outstanding fetch: which peers may serve it and when to try the next one.
+#[derive(Clone, Debug)]
+pub(crate) struct FetchState {
+    pub to_seq: u64,
+    pub peers: Vec<NodeId>,
+    pub next_peer: usize,
+    pub ticks_left: u32,
+}
