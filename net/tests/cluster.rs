@@ -307,3 +307,43 @@ async fn full_queue_returns_queue_full() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_pushes_back_to_queue_full_with_bounded_memory() {
+    bounded(async {
+        let mut nodes = cluster(&[0, 1], |c| c.queue_depth = 64).await;
+        all_connected(&nodes, 1).await;
+        // Node 1 does not read its inbound channel: its readers block, yamux stops granting
+        // window, the writer blocks, and node 0's queue fills up.
+        let mut accepted: u32 = 0;
+        let mut full = 0u32;
+        while full < 10_000 {
+            let mut msg = accepted.to_be_bytes().to_vec();
+            msg.resize(1024, 0xcd);
+            match nodes[0].handle.send(1, "append_entries", msg.into()) {
+                Ok(()) => accepted += 1,
+                Err(SendError::QueueFull) => {
+                    full += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                accepted < 100_000,
+                "no back-pressure: {accepted} messages accepted"
+            );
+        }
+        println!("accepted {accepted} x 1 KiB before the queue stayed full");
+        assert_eq!(nodes[0].handle.queued(1), Some(64));
+        // Everything accepted is delivered, in order, once the consumer reads.
+        for seq in 0..accepted {
+            let m = recv(&mut nodes[1].rx).await;
+            assert_eq!(m.bytes[..4], seq.to_be_bytes());
+        }
+        assert!(nodes[0].handle.stats().dropped_queue_full >= 10_000);
+        for n in nodes {
+            n.handle.shutdown().await;
+        }
+    })
+    .await;
+}
