@@ -117,6 +117,15 @@ impl Progress {
         updated
     }
 
+    /// Make room for one more append when the window is full and the follower answered
+    /// something else (a heartbeat): if appends were lost, the next one is rejected and the
+    /// leader falls back to probing instead of waiting forever on a full window.
+    pub(crate) fn free_first_inflight(&mut self) {
+        if self.state == ProgressState::Replicate && self.inflights.len() >= self.max_inflight {
+            self.inflights.pop_front();
+        }
+    }
+
     /// A rejection of the append at `rejected` arrived with the leader-side probe point
     /// `hint` (derived from the follower's reject hint). Returns false for stale rejections.
     pub(crate) fn maybe_decrease_to(&mut self, rejected: u64, hint: u64) -> bool {

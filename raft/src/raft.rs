@@ -769,6 +769,7 @@ impl Raft {
             if pr.state == ProgressState::Probe {
                 pr.probe_sent = false;
             }
+            pr.free_first_inflight();
             if pr.match_index < last {
                 self.send_append(from, true);
             }
