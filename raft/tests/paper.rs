@@ -6,6 +6,11 @@ mod common;
 use common::*;
 use faultline_raft::{Config, HardState, Message, MessageBody, PersistedState, RawNode, Role};
 
+/// (cluster size, votes from peers, expected role)
+type ElectionCase = (u64, Vec<(u64, bool)>, Role);
+/// (prev index, prev term, entries as (index, term), resulting log terms)
+type AppendCase = (u64, u64, Vec<(u64, u64)>, Vec<u64>);
+
 fn cfg(id: u64, n: u64) -> Config {
     let mut c = config(id, n);
     c.pre_vote = false;
@@ -221,7 +226,7 @@ fn split_vote_candidate_stays_candidate_then_retries_in_new_term() {
 #[test]
 fn election_outcome_in_one_round() {
     // (cluster size, votes from peers, expected role)
-    let cases: Vec<(u64, Vec<(u64, bool)>, Role)> = vec![
+    let cases: Vec<ElectionCase> = vec![
         (1, vec![], Role::Leader),
         (3, vec![(2, true)], Role::Leader),
         (3, vec![(2, true), (3, true)], Role::Leader),
@@ -489,7 +494,7 @@ fn consistency_check_rejects_mismatching_prev() {
 #[test]
 fn follower_truncates_conflicting_entries() {
     // Log [1@1, 2@2]. (prev idx, prev term, entries, resulting terms)
-    let cases: Vec<(u64, u64, Vec<(u64, u64)>, Vec<u64>)> = vec![
+    let cases: Vec<AppendCase> = vec![
         (2, 2, vec![(3, 3)], vec![1, 2, 3]),
         (1, 1, vec![(2, 3), (3, 4)], vec![1, 3, 4]),
         (0, 0, vec![(1, 1)], vec![1, 2]),
