@@ -33,17 +33,13 @@ pub const GENESIS_BALANCE: u64 = 1_000_000;
 /// Writes the files and returns the path of cluster.toml.
 pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
     let n = spec.nodes;
-    let min = spec.protocol.min_nodes();
-    if n < min {
-        bail!(
-            "{} needs at least {min} nodes to tolerate one fault ({}), got --nodes {n}",
-            spec.protocol,
-            match spec.protocol {
-                Protocol::Raft => "n = 2f+1",
-                Protocol::Pbft =>
-                    "n = 3f+1: with fewer than 4 nodes one Byzantine node can split the rest",
-            }
-        );
+    if n < spec.protocol.min_nodes() {
+        match spec.protocol {
+            Protocol::Raft => bail!("raft needs at least 1 node, got --nodes {n}"),
+            Protocol::Pbft => bail!(
+                "pbft needs at least 4 nodes (n = 3f+1 with f = 1; with fewer, one Byzantine node can split the rest), got --nodes {n}"
+            ),
+        }
     }
     for b in &spec.byzantine {
         if b.node as usize >= n {

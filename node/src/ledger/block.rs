@@ -69,7 +69,8 @@ pub struct Block {
     #[serde(with = "super::hexser")]
     pub hash: Hash,
     pub txs: Vec<Tx>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// PBFT only (`null` for Raft blocks).
+    #[serde(default)]
     pub certificate: Option<Certificate>,
 }
 

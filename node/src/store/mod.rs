@@ -35,8 +35,12 @@ pub const DB_FILE: &str = "faultline.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Kept as text, not as a source: redb's errors already print their cause, and a chained
+    /// source would repeat it in the one-line message users see.
     #[error("database error: {0}")]
-    Db(#[from] redb::Error),
+    Db(String),
+    #[error("no database at {0} (is this a node's data dir?)")]
+    NotFound(String),
     #[error("cannot create data dir {path}: {source}")]
     Io {
         path: String,
@@ -51,11 +55,12 @@ pub enum StoreError {
 macro_rules! db_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+            fn from(e: $t) -> Self { StoreError::Db(redb::Error::from(e).to_string()) }
         }
     )*};
 }
 db_err!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -259,10 +264,7 @@ impl Store {
     pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
         if !path.exists() {
-            return Err(StoreError::Corrupt(format!(
-                "no database at {} (is this a node's data dir?)",
-                path.display()
-            )));
+            return Err(StoreError::NotFound(path.display().to_string()));
         }
         let db = Database::open(path)?;
         Ok(Store { db })
