@@ -96,7 +96,11 @@ fn window_limits_pipelining_until_checkpoint() {
     for r in Cluster::reqs("w", 20) {
         c.submit(0, &r).unwrap();
     }
-    let issued = c.queue.iter().filter(|e| e.kind == "pre_prepare" && e.to == 1).count();
+    let issued = c
+        .queue
+        .iter()
+        .filter(|e| e.kind == "pre_prepare" && e.to == 1)
+        .count();
     assert_eq!(issued, 16);
     c.run_ticks(1);
     for id in 0..4 {
@@ -156,10 +160,16 @@ fn commit_certificates_verify_and_tampering_fails() {
     assert_eq!(t.verify(&keys, 1), Err(CertificateError::BadSignature));
     let mut t = good.clone();
     t.commits.pop();
-    assert!(matches!(t.verify(&keys, 1), Err(CertificateError::TooFewSigners { .. })));
+    assert!(matches!(
+        t.verify(&keys, 1),
+        Err(CertificateError::TooFewSigners { .. })
+    ));
     let mut t = good.clone();
     t.commits[1] = t.commits[0];
-    assert!(matches!(t.verify(&keys, 1), Err(CertificateError::DuplicateSigner(_))));
+    assert!(matches!(
+        t.verify(&keys, 1),
+        Err(CertificateError::DuplicateSigner(_))
+    ));
     let mut t = good.clone();
     t.commits[0].0 = 9;
     assert_eq!(t.verify(&keys, 1), Err(CertificateError::UnknownSigner(9)));

@@ -132,7 +132,10 @@ impl Cluster {
     }
 
     pub fn r(&mut self, id: u64) -> &mut Replica<TestApp> {
-        self.nodes[id as usize].replica.as_mut().expect("replica is up")
+        self.nodes[id as usize]
+            .replica
+            .as_mut()
+            .expect("replica is up")
     }
 
     pub fn live(&self) -> Vec<u64> {
@@ -145,7 +148,9 @@ impl Cluster {
     /// `executed` at checkpoint boundaries) and answer state requests from the "ledger".
     pub fn pump(&mut self, id: u64) {
         loop {
-            let Some(rep) = self.nodes[id as usize].replica.as_mut() else { return };
+            let Some(rep) = self.nodes[id as usize].replica.as_mut() else {
+                return;
+            };
             let ready = rep.ready();
             if ready.is_empty() {
                 return;
@@ -175,7 +180,11 @@ impl Cluster {
             let k = self.cfgs[id as usize].checkpoint_interval;
             let mut checkpoints = Vec::new();
             for b in ready.committed {
-                assert_eq!(b.seq, node.committed.len() as u64 + 1, "gap or reorder at {id}");
+                assert_eq!(
+                    b.seq,
+                    node.committed.len() as u64 + 1,
+                    "gap or reorder at {id}"
+                );
                 node.chain = sha(&[&node.chain, &b.digest]);
                 if b.seq % k == 0 {
                     checkpoints.push((b.seq, node.chain));
@@ -320,7 +329,9 @@ impl Cluster {
     }
 
     pub fn reqs(prefix: &str, count: usize) -> Vec<Vec<u8>> {
-        (0..count).map(|i| format!("{prefix}-{i}").into_bytes()).collect()
+        (0..count)
+            .map(|i| format!("{prefix}-{i}").into_bytes())
+            .collect()
     }
 }
 

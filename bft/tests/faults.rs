@@ -1,0 +1,428 @@
+//! Faulty primaries, view changes (PBFT §4.4, §4.5.2), state transfer (TOCS §5.3.2), message
+//! validation and crash-restart durability.
+
+mod common;
+
+use common::*;
+use faultline_bft::*;
+
+fn pre_prepare(view: u64, seq: u64, requests: Vec<Vec<u8>>) -> Vec<u8> {
+    let digest = TestApp.batch_digest(&requests).unwrap();
+    sign(
+        &Payload::PrePrepare(PrePrepare {
+            view,
+            seq,
+            digest,
+            requests,
+            replica: view % 4,
+        }),
+        &key(view % 4),
+    )
+}
+
+#[test]
+fn equivocating_primary_never_commits_two_values_and_is_replaced() {
+    let mut c = Cluster::new(4);
+    c.make_byzantine(0);
+    // Two different valid pre-prepares for (view 0, seq 1).
+    let a = pre_prepare(0, 1, vec![b"A".to_vec()]);
+    let b = pre_prepare(0, 1, vec![b"B".to_vec()]);
+    c.inject(0, 1, a);
+    c.inject(0, 2, b.clone());
+    c.inject(0, 3, b);
+    for id in 1..4 {
+        c.submit(id, b"client-tx").unwrap();
+    }
+    c.run();
+    for id in 1..4 {
+        assert!(c.committed(id).is_empty(), "no quorum of commits in view 0");
+    }
+    c.run_ticks(40);
+    for id in 1..4 {
+        let st = c.r(id).status();
+        assert_eq!(st.view, 1, "replica {id}");
+        assert!(!st.in_view_change);
+        let got = c.committed(id);
+        assert!(got.len() >= 2, "replica {id} committed {got:?}");
+        // B was prepared by 2 and 3, so the new view keeps B at seq 1.
+        assert_eq!(got[0].2, vec![b"B".to_vec()]);
+        assert_eq!(got[1].2, vec![b"client-tx".to_vec()]);
+    }
+    c.check_agreement();
+    // The conflicting pre-prepare was seen by no one twice, but A's prepare clashed at 2 and 3.
+    assert!(c.captured.iter().any(|e| e.kind == "view_change"));
+}
+
+#[test]
+fn prepared_requests_survive_a_view_change_at_the_same_seq() {
+    let mut c = Cluster::new(4);
+    c.drop_kinds.insert("commit");
+    let reqs = Cluster::reqs("keep", 4);
+    for r in &reqs {
+        c.submit(0, r).unwrap();
+    }
+    c.run();
+    for id in 0..4 {
+        assert!(c.committed(id).is_empty());
+    }
+    let digest = TestApp.batch_digest(&reqs).unwrap();
+    c.crash(0);
+    c.drop_kinds.clear();
+    // The client retries at the backups, which relay to the (dead) primary and time out.
+    for id in 1..4 {
+        for r in &reqs {
+            c.submit(id, r).unwrap();
+        }
+    }
+    c.run_ticks(40);
+    for id in 1..4 {
+        let st = c.r(id).status();
+        assert_eq!(st.view, 1);
+        let got = &c.nodes[id as usize].committed;
+        assert_eq!(got.len(), 1, "exactly once: the re-proposed batch only");
+        assert_eq!(got[0].seq, 1);
+        assert_eq!(got[0].digest, digest);
+        assert_eq!(got[0].view, 1);
+        assert_eq!(got[0].requests, reqs);
+        got[0]
+            .verify_certificate(&c.cfgs[0].public_keys, 1)
+            .unwrap();
+        assert_eq!(st.pending_requests, 0);
+    }
+    c.check_agreement();
+}
+
+#[test]
+fn view_change_during_view_change_reaches_view_two() {
+    let mut c = Cluster::new(4);
+    // Replica 1, the primary of view 1, is silent from the start.
+    c.crash(1);
+    // Requests never reach primary 0, so the backups suspect it.
+    c.drop_kinds.insert("request");
+    c.submit(2, b"t1").unwrap();
+    c.submit(3, b"t1").unwrap();
+    c.run_ticks(12);
+    assert!(c.r(2).status().in_view_change);
+    c.drop_kinds.clear();
+    c.run_ticks(200);
+    for id in [0, 2, 3] {
+        let st = c.r(id).status();
+        assert_eq!(st.view, 2, "replica {id}");
+        assert!(!st.in_view_change);
+        assert_eq!(st.primary, 2);
+        assert_eq!(c.committed(id).len(), 1, "replica {id}");
+        assert_eq!(c.committed(id)[0].2, vec![b"t1".to_vec()]);
+    }
+    c.check_agreement();
+    // The normal case resumes in view 2.
+    c.submit(0, b"t2").unwrap();
+    c.run();
+    c.run_ticks(2);
+    for id in [0, 2, 3] {
+        assert_eq!(c.committed(id).len(), 2);
+    }
+}
+
+#[test]
+fn partitioned_replica_catches_up_by_state_transfer() {
+    let mut c = Cluster::with(4, |cfg| cfg.max_batch = 1);
+    c.partition(3);
+    for r in Cluster::reqs("st", 10) {
+        c.submit(0, &r).unwrap();
+    }
+    c.run_ticks(2);
+    assert_eq!(c.committed(0).len(), 10);
+    assert_eq!(c.r(0).status().stable_checkpoint, 8);
+    assert!(c.committed(3).is_empty());
+    c.heal();
+    for r in Cluster::reqs("more", 2) {
+        c.submit(0, &r).unwrap();
+    }
+    c.run_ticks(3);
+    assert!(c.sent.get("state_request").copied().unwrap_or(0) >= 1);
+    assert!(c.sent.get("state_response").copied().unwrap_or(0) >= 1);
+    assert_eq!(c.committed(3).len(), 12);
+    for id in 0..4 {
+        assert_eq!(c.committed(id), c.committed(0));
+        assert_eq!(c.r(id).status().stable_checkpoint, 12);
+    }
+    // And it takes part in the normal case afterwards.
+    for r in Cluster::reqs("after", 4) {
+        c.submit(0, &r).unwrap();
+    }
+    c.run_ticks(2);
+    for id in 0..4 {
+        assert_eq!(c.committed(id).len(), 16);
+        assert_eq!(c.committed(id), c.committed(0));
+    }
+    assert_eq!(c.r(3).rejections().get("bad_certificate"), None);
+}
+
+#[test]
+fn forged_tampered_state_response_is_rejected() {
+    let mut c = Cluster::with(4, |cfg| cfg.max_batch = 1);
+    c.partition(3);
+    for r in Cluster::reqs("st", 8) {
+        c.submit(0, &r).unwrap();
+    }
+    c.run_ticks(1);
+    c.heal();
+    // Replica 3 learns of the stable checkpoint at 8 from the checkpoint messages...
+    let cps: Vec<Env> = c
+        .history
+        .iter()
+        .filter(|e| e.kind == "checkpoint" && e.to == 3)
+        .cloned()
+        .collect();
+    c.queue.clear();
+    for e in cps {
+        c.deliver(e);
+    }
+    let req = c
+        .queue
+        .iter()
+        .find(|e| e.kind == "state_request")
+        .cloned()
+        .unwrap();
+    c.queue.clear();
+    // ...and a Byzantine peer answers with a batch whose requests do not match the certificate.
+    let mut batches = c.nodes[req.to as usize].committed[..8].to_vec();
+    batches[0].requests = vec![b"evil".to_vec()];
+    let forged = sign(
+        &Payload::StateResponse(StateResponse {
+            replica: req.to,
+            batches,
+        }),
+        &key(req.to),
+    );
+    assert_eq!(
+        c.r(3).step(req.to, &forged),
+        Err(Rejected::new("bad_certificate"))
+    );
+    assert!(c.r(3).ready().committed.is_empty());
+    // A retry goes to the next peer, which serves the real batches.
+    c.run_ticks(12);
+    assert_eq!(c.committed(3), c.committed(0));
+}
+
+#[test]
+fn bad_messages_are_rejected_and_counted_by_reason() {
+    let mut c = Cluster::new(4);
+    for r in Cluster::reqs("x", 16) {
+        c.submit(0, &r).unwrap();
+    }
+    c.run();
+    assert_eq!(c.r(2).status().stable_checkpoint, 4);
+    let prep1 = c
+        .history
+        .iter()
+        .find(|e| e.kind == "prepare" && e.from == 1 && e.to == 2)
+        .cloned()
+        .unwrap();
+    let before = c.r(2).rejections().clone();
+    let r2 = c.r(2);
+    // Replayed old message: seq 1 is below the low watermark now.
+    assert_eq!(r2.step(1, &prep1.bytes).unwrap_err().reason, "stale");
+    // Wrong sender: replica 1's message arriving from peer 3.
+    assert_eq!(r2.step(3, &prep1.bytes).unwrap_err().reason, "wrong_sender");
+    // Unknown peer.
+    assert_eq!(r2.step(9, &prep1.bytes).unwrap_err().reason, "unknown_peer");
+    let stranger = sign(
+        &Payload::Prepare(Prepare {
+            view: 0,
+            seq: 6,
+            digest: [1; 32],
+            replica: 9,
+        }),
+        &key(9),
+    );
+    assert_eq!(r2.step(1, &stranger).unwrap_err().reason, "unknown_peer");
+    // Forged signature: replica 3's prepare signed with someone else's key.
+    let forged = sign(
+        &Payload::Prepare(Prepare {
+            view: 0,
+            seq: 6,
+            digest: [1; 32],
+            replica: 3,
+        }),
+        &key(1),
+    );
+    assert_eq!(r2.step(3, &forged).unwrap_err().reason, "bad_signature");
+    // Flipped signature bit on a genuine message.
+    let mut m = decode_signed(&sign(
+        &Payload::Prepare(Prepare {
+            view: 0,
+            seq: 6,
+            digest: [1; 32],
+            replica: 3,
+        }),
+        &key(3),
+    ))
+    .unwrap();
+    m.signature.0[0] ^= 1;
+    assert_eq!(
+        r2.step(3, &m.to_wire()).unwrap_err().reason,
+        "bad_signature"
+    );
+    // Out of window: far above the high watermark.
+    let far = pre_prepare(0, 4 + 3 * 16, vec![b"far".to_vec()]);
+    assert_eq!(r2.step(0, &far).unwrap_err().reason, "out_of_window");
+    // Inflated view.
+    let inflated = sign(
+        &Payload::Prepare(Prepare {
+            view: 1_000,
+            seq: 6,
+            digest: [1; 32],
+            replica: 3,
+        }),
+        &key(3),
+    );
+    assert_eq!(r2.step(3, &inflated).unwrap_err().reason, "wrong_view");
+    // Garbage and non-canonical encodings.
+    assert_eq!(r2.step(3, b"\xff\xff\xff").unwrap_err().reason, "malformed");
+    let mut trailing = decode_signed(&prep1.bytes).unwrap();
+    trailing.payload.push(0);
+    assert_eq!(
+        r2.step(1, &trailing.to_wire()).unwrap_err().reason,
+        "malformed"
+    );
+    // Corrupted digest: the batch does not hash to the claimed digest.
+    let mut pp = match decode_payload(
+        &decode_signed(&pre_prepare(0, 6, vec![b"y".to_vec()]))
+            .unwrap()
+            .payload,
+    )
+    .unwrap()
+    {
+        Payload::PrePrepare(pp) => pp,
+        _ => unreachable!(),
+    };
+    pp.digest[0] ^= 1;
+    let bad = sign(&Payload::PrePrepare(pp), &key(0));
+    assert_eq!(r2.step(0, &bad).unwrap_err().reason, "bad_digest");
+    // Pre-prepare not from the primary.
+    let notp = sign(
+        &Payload::PrePrepare(PrePrepare {
+            view: 0,
+            seq: 6,
+            digest: NULL_DIGEST,
+            requests: vec![],
+            replica: 1,
+        }),
+        &key(1),
+    );
+    assert_eq!(r2.step(1, &notp).unwrap_err().reason, "not_primary");
+    // Invalid client request inside a batch.
+    let bad_req = sign(
+        &Payload::PrePrepare(PrePrepare {
+            view: 0,
+            seq: 6,
+            digest: [7; 32],
+            requests: vec![b"bad".to_vec()],
+            replica: 0,
+        }),
+        &key(0),
+    );
+    assert_eq!(r2.step(0, &bad_req).unwrap_err().reason, "invalid_request");
+    let counts = c.r(2).rejections().clone();
+    for (reason, n) in [
+        ("stale", 1),
+        ("wrong_sender", 1),
+        ("unknown_peer", 2),
+        ("bad_signature", 2),
+        ("out_of_window", 1),
+        ("wrong_view", 1),
+        ("malformed", 2),
+        ("bad_digest", 1),
+        ("not_primary", 1),
+        ("invalid_request", 1),
+    ] {
+        let delta =
+            counts.get(reason).copied().unwrap_or(0) - before.get(reason).copied().unwrap_or(0);
+        assert_eq!(delta, n, "{reason}: {counts:?}");
+    }
+    // None of this produced a vote.
+    assert!(c.r(2).ready().messages.is_empty());
+}
+
+#[test]
+fn restarted_replica_never_signs_a_conflicting_prepare_or_commit() {
+    let mut c = Cluster::new(4);
+    c.drop_kinds.insert("commit");
+    let reqs = Cluster::reqs("r", 4);
+    for r in &reqs {
+        c.submit(0, r).unwrap();
+    }
+    c.run();
+    let digest = TestApp.batch_digest(&reqs).unwrap();
+    c.crash(2);
+    c.restart(2);
+    assert_eq!(c.r(2).status().view, 0);
+    // The (Byzantine) primary now sends a different pre-prepare for the same (view, seq).
+    let other = pre_prepare(0, 1, vec![b"other".to_vec()]);
+    assert_eq!(
+        c.r(2).step(0, &other).unwrap_err().reason,
+        "conflicting_message"
+    );
+    // Prepares for the other digest from 1 and 3 do not make it prepare or commit it either.
+    let other_digest = TestApp.batch_digest(&[b"other".to_vec()]).unwrap();
+    for id in [1u64, 3] {
+        let p = sign(
+            &Payload::Prepare(Prepare {
+                view: 0,
+                seq: 1,
+                digest: other_digest,
+                replica: id,
+            }),
+            &key(id),
+        );
+        // Stored (the restart lost the genuine ones), but they cannot prepare the other digest.
+        let _ = c.r(2).step(id, &p);
+    }
+    let out = c.r(2).ready();
+    assert!(
+        out.messages.is_empty(),
+        "restarted replica signed {:?}",
+        out.messages
+    );
+    // Its remembered commit for the original digest still counts: deliver the others' commits.
+    c.drop_kinds.clear();
+    let commits: Vec<Env> = c
+        .history
+        .iter()
+        .filter(|e| e.kind == "commit" && e.to == 2)
+        .cloned()
+        .collect();
+    for e in commits {
+        c.deliver(e);
+    }
+    let got = &c.nodes[2].committed;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].digest, digest);
+    // Every message the restarted replica ever emitted agrees with what it signed before.
+    for e in c.history.iter().filter(|e| e.from == 2) {
+        match payload(&e.bytes) {
+            Payload::Prepare(p) => assert_eq!(p.digest, digest),
+            Payload::Commit(p) => assert_eq!(p.digest, digest),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn restarted_replica_keeps_its_view_change() {
+    let mut c = Cluster::new(4);
+    c.crash(0);
+    c.submit(1, b"v").unwrap();
+    c.run_ticks(12);
+    assert!(c.r(1).status().in_view_change);
+    let view = c.r(1).status().view;
+    c.crash(1);
+    c.restart(1);
+    let st = c.r(1).status();
+    assert_eq!(st.view, view);
+    assert!(st.in_view_change);
+    // A normal-case message of the old view is refused.
+    let old = pre_prepare(0, 1, vec![b"v".to_vec()]);
+    assert_eq!(c.r(1).step(0, &old).unwrap_err().reason, "stale");
+}
