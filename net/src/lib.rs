@@ -315,6 +315,15 @@ impl NetHandle {
     }
 }
 
+impl std::fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("id", &self.id)
+            .field("connected_peers", &self.connected_peers())
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct Behaviour {
