@@ -17,6 +17,19 @@
 //!   channel is bounded, so a slow consumer pushes back on the senders through yamux flow control.
 //! * Frames larger than [`NetConfig::max_frame_bytes`] are skipped (rejected `oversized`); a frame
 //!   cut off by the end of the stream is rejected `malformed`.
+//!
+//! Ordering: messages from one sender are delivered in send order while its connection lives.
+//! Messages still queued when a connection drops are sent on the next connection; the batch being
+//! written when it dropped is lost (counted in [`NetStats::dropped_send_failed`]). Consensus
+//! protocols retransmit, so the transport never retries on its own.
+//!
+//! The transport does not know message types on receive (the bytes are opaque): per-type receive
+//! counters belong to the engine driver, after decoding.
+//!
+//! Measured with `examples/net_throughput.rs` (release, two nodes in one process on 127.0.0.1, a
+//! shared 2-core machine under load): ~1.5–1.7 M msgs/s one way for 128-byte messages
+//! (~200 MB/s), ~2.4 M msgs/s both ways together, ~330 MB/s with 4 KiB messages, and a
+//! ping-pong round trip of ~120 µs p50 / ~250 µs p99.
 
 mod behaviour;
 mod io;
@@ -31,13 +44,15 @@ use libp2p::allow_block_list::{self, AllowedPeers, NotAllowed};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, ListenError, NetworkBehaviour, StreamProtocol, SwarmEvent};
-use libp2p::{identity, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{identity, noise, tcp, yamux, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::behaviour::{HandlerOut, StreamBehaviour, StreamEvent};
 use crate::io::{BatchTally, Outgoing};
+
+pub use libp2p::{Multiaddr, PeerId};
 
 /// A cluster member's id (index in `cluster.toml`).
 pub type NodeId = u64;
