@@ -1,6 +1,7 @@
 //! The faultline node.
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod faults;
 pub mod keys;
 pub mod ledger;

@@ -199,6 +199,12 @@ impl RawNode {
         self.raft.compact(index, data)
     }
 
+    /// The snapshot the log currently starts from (made by [`RawNode::compact`] or received
+    /// from the leader), so the driver persists exactly what the core will serve.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.raft.log.snapshot.as_ref()
+    }
+
     /// Whether `ready()` would return anything.
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;

@@ -1,0 +1,164 @@
+//! One engine interface, two protocols (ARCHITECTURE.md §2). The driver (real node or
+//! simulator), storage, API, metrics and benchmarks are written once against [`Engine`]; the
+//! only difference between a Raft run and a PBFT run is the engine plugged in.
+//!
+//! The driving loop, identical everywhere:
+//! 1. feed an input: [`Engine::on_message`], [`Engine::on_tick`] or [`Engine::propose`];
+//! 2. [`Engine::poll`] drains the engine's output into a [`Step`];
+//! 3. commit `step.write` to the [`Store`] (one atomic, fsynced transaction: engine state and
+//!    the committed blocks together) — only then send `step.messages` (durability before
+//!    acknowledgement, ARCHITECTURE.md §6);
+//! 4. hand the applied blocks back with [`Engine::applied`], and poll again until the step is
+//!    empty.
+
+pub mod raft;
+
+use std::sync::Arc;
+
+use crate::config::Protocol;
+use crate::ledger::Tx;
+use crate::store::{AppliedBlock, Store, StoreError, WriteBatch};
+
+pub type NodeId = u64;
+
+/// A message for one peer: `kind` is the snake_case protocol message name used by metrics.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub to: NodeId,
+    pub kind: &'static str,
+    pub bytes: Arc<[u8]>,
+}
+
+/// What the driver must do after an input: make `write` durable, then send `messages`.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub write: WriteBatch,
+    pub messages: Vec<Outgoing>,
+}
+
+impl Step {
+    pub fn is_empty(&self) -> bool {
+        self.write.is_empty() && self.messages.is_empty()
+    }
+}
+
+/// Why an inbound message was dropped; `reason` is the metrics label
+/// (`faultline_messages_rejected_total{reason}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message rejected: {reason}")]
+pub struct Rejected {
+    pub reason: &'static str,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("too many transactions are waiting; retry later")]
+    Busy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("persisted engine state is unusable: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What `/v1/status` and the metrics show; fields a protocol lacks are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStatus {
+    pub role: &'static str,
+    pub term: Option<u64>,
+    pub view: Option<u64>,
+    pub leader: Option<NodeId>,
+    pub commit_index: u64,
+}
+
+/// A consensus protocol as the node drives it.
+pub trait Engine: Send {
+    fn protocol(&self) -> Protocol;
+    fn id(&self) -> NodeId;
+    /// A message from `from` (already authenticated by the transport).
+    fn on_message(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), Rejected>;
+    /// One tick of the logical clock (Timing::tick_ms of real time).
+    fn on_tick(&mut self);
+    /// Client transactions whose signatures the caller already checked.
+    fn propose(&mut self, txs: Vec<Tx>) -> Result<(), ProposeError>;
+    /// Drains the output produced so far.
+    fn poll(&mut self, store: &Store) -> Result<Step, EngineError>;
+    /// The blocks a committed `Step` appended (checkpoints, compaction).
+    fn applied(&mut self, blocks: &[AppliedBlock], store: &Store) -> Result<(), EngineError>;
+    fn status(&self) -> EngineStatus;
+    /// Number of leader (raft) or view (pbft) changes this node has seen.
+    fn leader_changes(&self) -> u64;
+}
+
+/// Encodes a protocol message for the wire (postcard: compact, stable).
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Arc<[u8]> {
+    postcard::to_allocvec(value).unwrap_or_default().into()
+}
+
+/// Runs the driving loop's steps 2–4 until the engine has nothing more to say: commits each
+/// step's write (engine state + blocks, one fsync) BEFORE collecting its messages, so nothing
+/// leaves this node that its disk does not back. Returns the messages to send and the blocks
+/// applied, in order.
+pub fn drive(
+    engine: &mut dyn Engine,
+    store: &Store,
+) -> Result<(Vec<Outgoing>, Vec<AppliedBlock>), EngineError> {
+    let mut messages = Vec::new();
+    let mut applied = Vec::new();
+    loop {
+        let step = engine.poll(store)?;
+        if step.is_empty() {
+            return Ok((messages, applied));
+        }
+        let blocks = if step.write.is_empty() {
+            Vec::new()
+        } else {
+            store.commit(step.write)?
+        };
+        messages.extend(step.messages);
+        engine.applied(&blocks, store)?;
+        applied.extend(blocks);
+    }
+}
+
+/// Everything needed to start a node's engine; shared by `faultline run` and the simulator so
+/// both build engines the same way.
+pub struct EngineSetup<'a> {
+    pub id: NodeId,
+    pub cluster: &'a crate::config::ClusterConfig,
+    pub key: ed25519_dalek::SigningKey,
+    pub timing: crate::config::Timing,
+    pub batching: crate::config::Batching,
+    pub byzantine: Option<crate::faults::ByzantineMode>,
+    /// Seeds election jitter (the simulator passes its run seed; `run` the node id).
+    pub seed: u64,
+}
+
+/// Opens the engine for `setup.cluster.protocol`, restarting from `store` if it holds state.
+pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, EngineError> {
+    match setup.cluster.protocol {
+        Protocol::Raft => {
+            let opts = raft::RaftOptions {
+                election_tick: setup.timing.election_ticks,
+                heartbeat_tick: setup.timing.heartbeat_ticks,
+                max_batch_txs: setup.batching.max_batch_txs,
+                max_inflight_batches: setup.batching.max_inflight_batches,
+                seed: setup.seed,
+                ..raft::RaftOptions::default()
+            };
+            let engine = raft::RaftEngine::open(setup.id, setup.cluster.n(), opts, store)?;
+            Ok(Box::new(engine))
+        }
+        Protocol::Pbft => Err(EngineError::Config(
+            "the pbft engine is not wired into the node yet".into(),
+        )),
+    }
+}
