@@ -60,6 +60,23 @@ enum Command {
         #[arg(long, value_name = "I=MODE")]
         byzantine: Vec<ByzantineSpec>,
     },
+    /// Run one node until SIGINT/SIGTERM; a restart with the same config recovers from its data dir.
+    Run {
+        /// The node's node.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Submit signed transactions to a cluster or query its nodes.
+    Client {
+        /// The cluster's cluster.toml.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The client's secret key file (default: client-0.key next to cluster.toml).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(subcommand)]
+        command: crate::client::ClientCommand,
+    },
     /// Offline audit of one node's data dir: hash chain, client signatures, commit certificates.
     Verify {
         /// The node's data dir (node.toml's data_dir).
@@ -133,6 +150,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "wrote {} ({protocol}, {nodes} nodes, {clients} client keys)",
                 path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            crate::runtime::run(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Client {
+            cluster,
+            key,
+            command,
+        } => {
+            crate::client::run(&cluster, key, command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { data } => {

@@ -96,6 +96,26 @@ pub trait Engine: Send {
     fn status(&self) -> EngineStatus;
     /// Number of leader (raft) or view (pbft) changes this node has seen.
     fn leader_changes(&self) -> u64;
+
+    /// The snake_case protocol name of an inbound message, for the per-type receive counters
+    /// (the transport sees opaque bytes). Engines that cannot tell say "unknown".
+    fn message_kind(&self, _bytes: &[u8]) -> &'static str {
+        "unknown"
+    }
+
+    /// Starts a linearizable read identified by `ctx` (Raft ReadIndex, thesis §6.4).
+    /// `Ok(true)`: started; `ctx` comes back from [`Engine::ready_reads`] once this node has
+    /// applied everything committed when the read began. `Ok(false)`: the protocol has no
+    /// read-index path; the caller serves the read from its applied state (documented as such).
+    fn read_index(&mut self, _ctx: u64) -> Result<bool, ProposeError> {
+        Ok(false)
+    }
+
+    /// Reads started with [`Engine::read_index`] that may now be served from the store; call
+    /// after [`drive`] (the applied blocks they wait for are then durable).
+    fn ready_reads(&mut self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// Encodes a protocol message for the wire (postcard: compact, stable).

@@ -60,6 +60,8 @@ pub struct RaftEngine {
     snapshot_to_persist: Option<Snapshot>,
     leader_changes: u64,
     last_leader: Option<NodeId>,
+    /// Confirmed ReadIndex requests `(ctx, commit index)` waiting for `applied` to reach it.
+    reads: Vec<(u64, u64)>,
 }
 
 fn decode_hard_state(bytes: &[u8]) -> Result<HardState, EngineError> {
@@ -128,6 +130,7 @@ impl RaftEngine {
             snapshot_to_persist: None,
             leader_changes: 0,
             last_leader: None,
+            reads: Vec::new(),
         })
     }
 
@@ -296,6 +299,8 @@ impl Engine for RaftEngine {
                 value: postcard::to_allocvec(&self.applied).unwrap_or_default(),
             });
         }
+        self.reads
+            .extend(ready.read_states.iter().map(|r| (r.ctx, r.index)));
         let messages = ready
             .messages
             .into_iter()
@@ -344,5 +349,37 @@ impl Engine for RaftEngine {
 
     fn leader_changes(&self) -> u64 {
         self.leader_changes
+    }
+
+    fn message_kind(&self, bytes: &[u8]) -> &'static str {
+        postcard::from_bytes::<Message>(bytes).map_or("unknown", |m| m.type_name())
+    }
+
+    fn read_index(&mut self, ctx: u64) -> Result<bool, ProposeError> {
+        if self.raw.role() != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.raw.leader(),
+            });
+        }
+        self.raw
+            .read_index(ctx)
+            .map_err(|_| ProposeError::NotLeader {
+                leader: self.raw.leader(),
+            })?;
+        Ok(true)
+    }
+
+    fn ready_reads(&mut self) -> Vec<u64> {
+        let applied = self.applied;
+        let mut ready = Vec::new();
+        self.reads.retain(|&(ctx, index)| {
+            if index <= applied {
+                ready.push(ctx);
+                false
+            } else {
+                true
+            }
+        });
+        ready
     }
 }

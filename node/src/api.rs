@@ -1,0 +1,439 @@
+//! The HTTP API of SPEC.md "HTTP API" (axum). Writes are verified here (signature, permitted
+//! client, duplicate) before they reach the engine; a raft follower forwards writes and
+//! linearizable reads to the leader's API. Nothing a client sends can panic a handler.
+
+// Handlers return early with a ready `Response` as the error; it is built once per request, so
+// its size does not matter and boxing would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::engine::ProposeError;
+use crate::ledger::{Tx, TxRecord};
+use crate::runtime::{Cmd, Shared};
+
+/// How long a write or a linearizable read waits for its commit before answering 503.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body (a `/v1/txs` batch of some thousands of transactions).
+const MAX_BODY: usize = 16 << 20;
+/// Set on requests a follower forwards, so that a forwarded request is never forwarded again.
+const FORWARDED: &str = "x-faultline-forwarded";
+
+type AppState = Arc<Shared>;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/tx", post(post_tx))
+        .route("/v1/txs", post(post_txs))
+        .route("/v1/kv/{key}", get(get_kv))
+        .route("/v1/status", get(get_status))
+        .route("/v1/blocks/{height}", get(get_block))
+        .route("/metrics", get(get_metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct WaitParam {
+    wait: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ReadParam {
+    consistency: Option<String>,
+}
+
+/// The committed reply, signed by this node (see [`crate::reply`]).
+fn committed_reply(shared: &Shared, rec: &TxRecord) -> Value {
+    let sig = crate::reply::sign(&shared.key, &rec.tx_hash, rec.height, &rec.outcome);
+    json!({
+        "status": "committed",
+        "height": rec.height,
+        "tx_hash": hex::encode(rec.tx_hash),
+        "result": rec.outcome,
+        "node": shared.id,
+        "signature": hex::encode(sig),
+    })
+}
+
+/// Checks one transaction: 400 bad signature, 403 unknown client.
+fn admit(shared: &Shared, tx: &Tx) -> Result<(), Response> {
+    if let Err(e) = tx.verify() {
+        return Err(error(StatusCode::BAD_REQUEST, e));
+    }
+    if !shared.cluster.is_client(&tx.client) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the client key is not a permitted client of this cluster",
+        ));
+    }
+    Ok(())
+}
+
+async fn post_tx(
+    State(shared): State<AppState>,
+    Query(q): Query<WaitParam>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tx: Tx = match serde_json::from_slice(&body) {
+        Ok(tx) => tx,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad transaction JSON: {e}"),
+            )
+        }
+    };
+    if let Err(r) = admit(&shared, &tx) {
+        return r;
+    }
+    let wait = q.wait.unwrap_or(true);
+    match submit(&shared, vec![tx], wait).await {
+        Submitted::Done(mut replies) => match replies.pop() {
+            Some(Ok(v)) => Json(v).into_response(),
+            Some(Err(r)) => r,
+            None => error(StatusCode::INTERNAL_SERVER_ERROR, "no reply"),
+        },
+        Submitted::Accepted(hashes) => accepted(hashes),
+        Submitted::Forward(leader) => {
+            forward(&shared, leader, "/v1/tx", wait, &headers, body).await
+        }
+        Submitted::Failed(r) => r,
+    }
+}
+
+async fn post_txs(
+    State(shared): State<AppState>,
+    Query(q): Query<WaitParam>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let txs: Vec<Tx> = match serde_json::from_slice(&body) {
+        Ok(txs) => txs,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad transaction array JSON: {e}"),
+            )
+        }
+    };
+    if let Err((i, e)) = crate::ledger::tx::verify_batch(&txs) {
+        return error(StatusCode::BAD_REQUEST, format!("transaction {i}: {e}"));
+    }
+    if let Some(i) = txs
+        .iter()
+        .position(|t| !shared.cluster.is_client(&t.client))
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("transaction {i}: the client key is not a permitted client"),
+        );
+    }
+    let wait = q.wait.unwrap_or(true);
+    match submit(&shared, txs, wait).await {
+        Submitted::Done(replies) => {
+            let mut out = Vec::with_capacity(replies.len());
+            for r in replies {
+                match r {
+                    Ok(v) => out.push(v),
+                    // One failed entry fails the batch answer (the client retries; duplicates
+                    // are answered from the store).
+                    Err(resp) => return resp,
+                }
+            }
+            Json(Value::Array(out)).into_response()
+        }
+        Submitted::Accepted(hashes) => accepted(hashes),
+        Submitted::Forward(leader) => {
+            forward(&shared, leader, "/v1/txs", wait, &headers, body).await
+        }
+        Submitted::Failed(r) => r,
+    }
+}
+
+fn accepted(hashes: Vec<[u8; 32]>) -> Response {
+    let hashes: Vec<String> = hashes.iter().map(hex::encode).collect();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "accepted", "tx_hashes": hashes })),
+    )
+        .into_response()
+}
+
+enum Submitted {
+    Done(Vec<Result<Value, Response>>),
+    Accepted(Vec<[u8; 32]>),
+    Forward(u64),
+    Failed(Response),
+}
+
+/// Answers duplicates from the store, proposes the rest and (if `wait`) waits for them.
+async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
+    let mut results: Vec<Option<Result<Value, Response>>> = Vec::with_capacity(txs.len());
+    let mut to_propose = Vec::new();
+    let mut slots = Vec::new();
+    let mut hashes = Vec::with_capacity(txs.len());
+    for tx in txs {
+        hashes.push(tx.hash());
+        match shared.store.tx_record(&tx.client, tx.seq) {
+            Ok(Some(rec)) => results.push(Some(Ok(committed_reply(shared, &rec)))),
+            Ok(None) => match shared.store.last_seq(&tx.client) {
+                Ok(Some(last)) if tx.seq <= last => results.push(Some(Err(error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "seq {} is at or below this client's last applied seq {last}",
+                        tx.seq
+                    ),
+                )))),
+                Ok(_) => {
+                    slots.push(results.len());
+                    results.push(None);
+                    to_propose.push(tx);
+                }
+                Err(e) => return Submitted::Failed(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            },
+            Err(e) => return Submitted::Failed(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        }
+    }
+    let mut receivers = Vec::new();
+    if !to_propose.is_empty() {
+        let mut waiters = Vec::new();
+        if wait {
+            for _ in 0..to_propose.len() {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                receivers.push(rx);
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let cmd = Cmd::Propose {
+            txs: to_propose,
+            waiters,
+            reply,
+        };
+        if shared.cmds.send(cmd).await.is_err() {
+            return Submitted::Failed(error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"));
+        }
+        match answer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(ProposeError::NotLeader {
+                leader: Some(leader),
+            })) if leader != shared.id => return Submitted::Forward(leader),
+            Ok(Err(e)) => return Submitted::Failed(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+            Err(_) => {
+                return Submitted::Failed(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "node is stopping",
+                ))
+            }
+        }
+    }
+    if !wait {
+        return Submitted::Accepted(hashes);
+    }
+    let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+    for (slot, rx) in slots.into_iter().zip(receivers) {
+        let r = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(rec)) => Ok(committed_reply(shared, &rec)),
+            _ => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timed out waiting for the transaction to commit; retry with the same seq",
+            )),
+        };
+        results[slot] = Some(r);
+    }
+    Submitted::Done(
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(error(StatusCode::INTERNAL_SERVER_ERROR, "lost"))))
+            .collect(),
+    )
+}
+
+/// Relays a request to the leader's API and its answer back (raft followers).
+async fn forward(
+    shared: &Shared,
+    leader: u64,
+    path: &str,
+    wait: bool,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    if headers.contains_key(FORWARDED) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leadership is changing; retry shortly",
+        );
+    }
+    let Some(entry) = shared.cluster.node(leader) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "leader unknown");
+    };
+    let url = format!("http://{}{path}?wait={wait}", entry.api);
+    let req = shared
+        .http
+        .post(url)
+        .header(FORWARDED, "1")
+        .header("content-type", "application/json")
+        .body(body);
+    relay(req.send().await, leader).await
+}
+
+async fn relay(resp: Result<reqwest::Response, reqwest::Error>, leader: u64) -> Response {
+    match resp {
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match r.bytes().await {
+                Ok(b) => (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    b,
+                )
+                    .into_response(),
+                Err(e) => error(StatusCode::BAD_GATEWAY, format!("leader {leader}: {e}")),
+            }
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot reach leader {leader}: {e}"),
+        ),
+    }
+}
+
+async fn get_kv(
+    State(shared): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<ReadParam>,
+    headers: HeaderMap,
+) -> Response {
+    match q.consistency.as_deref() {
+        None | Some("linearizable") => {
+            let (reply, answer) = oneshot::channel();
+            if shared.cmds.send(Cmd::Read { reply }).await.is_err() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping");
+            }
+            match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                }))) if leader != shared.id && !headers.contains_key(FORWARDED) => {
+                    let Some(entry) = shared.cluster.node(leader) else {
+                        return error(StatusCode::SERVICE_UNAVAILABLE, "leader unknown");
+                    };
+                    let url = format!(
+                        "http://{}/v1/kv/{}?consistency=linearizable",
+                        entry.api,
+                        encode_path(&key)
+                    );
+                    let req = shared.http.get(url).header(FORWARDED, "1");
+                    return relay(req.send().await, leader).await;
+                }
+                Ok(Ok(Err(e))) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+                _ => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timed out confirming leadership for a linearizable read",
+                    )
+                }
+            }
+        }
+        Some("local") => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("consistency must be linearizable or local, not {other:?}"),
+            )
+        }
+    }
+    let height = match shared.store.head() {
+        Ok(h) => h.height,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    match shared.store.get(&key) {
+        Ok(Some(value)) => {
+            Json(json!({ "key": key, "value": value, "height": height })).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("key {key:?} not found")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// Percent-encodes a key for a URL path segment.
+fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn get_status(State(shared): State<AppState>) -> Response {
+    let s = shared.status();
+    Json(json!({
+        "id": shared.id,
+        "protocol": shared.cluster.protocol,
+        "role": s.engine.role,
+        "term": s.engine.term,
+        "view": s.engine.view,
+        "leader": s.engine.leader,
+        "height": s.height,
+        "head_hash": hex::encode(s.head_hash),
+        "commit_index": s.engine.commit_index,
+        "peers_connected": shared.net.connected_peers(),
+    }))
+    .into_response()
+}
+
+async fn get_block(State(shared): State<AppState>, Path(height): Path<String>) -> Response {
+    let Ok(height) = height.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "height must be a non-negative integer",
+        );
+    };
+    match shared.store.block(height) {
+        Ok(Some(b)) => Json(b).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no block at height {height}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn get_metrics(State(shared): State<AppState>) -> Response {
+    let stats = shared.net.stats();
+    shared.metrics.sync_net_rejected(&stats.rejected);
+    shared
+        .metrics
+        .peers_connected
+        .set(stats.connected_peers as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,269 @@
+//! The one task that owns the engine and feeds it: inbound messages, ticks and API commands.
+//! After each batch of inputs (everything available, drained without waiting) it calls
+//! [`drive`] once — one fsync for the whole batch (group commit) — then sends the messages and
+//! answers the API waiters whose transactions or reads are now applied.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faultline_net::{Inbound, NetHandle, SendError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{NodeStatus, Shared};
+use crate::engine::{drive, Engine, EngineError, ProposeError};
+use crate::ledger::{Tx, TxRecord};
+use crate::store::AppliedBlock;
+
+/// Inputs handled per batch before the engine is driven (bounds the latency of one round).
+const MAX_BATCH_INPUTS: usize = 8192;
+/// Proposals whose commit nobody awaits are forgotten after this long (a leader change drops
+/// a raft leader's queued transactions; clients retry).
+const PENDING_TTL: Duration = Duration::from_secs(120);
+
+/// A request from the API to the driver.
+pub enum Cmd {
+    /// Propose signature-checked transactions. `waiters[i]` (if any) receives `txs[i]`'s
+    /// record once applied; `reply` says whether the engine accepted them.
+    Propose {
+        txs: Vec<Tx>,
+        waiters: Vec<oneshot::Sender<TxRecord>>,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    /// A linearizable read: `reply` answers once the store may serve it (ReadIndex).
+    Read {
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
+}
+
+struct Pending {
+    since: Instant,
+    waiters: Vec<oneshot::Sender<TxRecord>>,
+}
+
+pub(super) struct Driver {
+    pub engine: Box<dyn Engine>,
+    pub shared: Arc<Shared>,
+    pub net: NetHandle,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub cmds: mpsc::Receiver<Cmd>,
+    pub shutdown: watch::Receiver<bool>,
+    pub tick: Duration,
+}
+
+struct State {
+    pending: HashMap<[u8; 32], Pending>,
+    reads: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
+    next_read: u64,
+    leader_changes_seen: u64,
+}
+
+impl Driver {
+    /// Runs until shutdown is signalled or the network stops. A store failure ends the node:
+    /// continuing could acknowledge something the disk does not hold.
+    pub async fn run(mut self) -> Result<(), EngineError> {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut st = State {
+            pending: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 1,
+            leader_changes_seen: self.engine.leader_changes(),
+        };
+        let mut ticks: u64 = 0;
+        self.publish(&mut st);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                msg = self.inbound.recv() => match msg {
+                    Some(m) => self.on_inbound(m),
+                    None => break,
+                },
+                Some(cmd) = self.cmds.recv() => self.on_cmd(cmd, &mut st),
+                _ = ticker.tick() => {
+                    self.engine.on_tick();
+                    ticks += 1;
+                    if ticks % 100 == 0 {
+                        st.pending.retain(|_, p| {
+                            p.waiters.retain(|w| !w.is_closed());
+                            p.since.elapsed() < PENDING_TTL
+                        });
+                        st.reads.retain(|_, r| !r.is_closed());
+                    }
+                }
+            }
+            let mut n = 0;
+            while n < MAX_BATCH_INPUTS {
+                match self.inbound.try_recv() {
+                    Ok(m) => self.on_inbound(m),
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            while n < MAX_BATCH_INPUTS {
+                match self.cmds.try_recv() {
+                    Ok(c) => self.on_cmd(c, &mut st),
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            let store = Arc::clone(&self.shared.store);
+            let engine = &mut self.engine;
+            // The fsync blocks; let the runtime move other tasks off this worker meanwhile.
+            let (messages, applied) =
+                tokio::task::block_in_place(|| drive(engine.as_mut(), &store))?;
+            for m in messages {
+                let len = m.bytes.len();
+                match self.net.send(m.to, m.kind, m.bytes) {
+                    Ok(()) => self.shared.metrics.count_sent(m.kind, len),
+                    Err(SendError::QueueFull) => {
+                        tracing::debug!(to = m.to, kind = m.kind, "send queue full; dropped")
+                    }
+                    Err(e) => tracing::debug!(to = m.to, error = %e, "send failed"),
+                }
+            }
+            self.on_applied(&applied, &mut st);
+            for ctx in self.engine.ready_reads() {
+                if let Some(r) = st.reads.remove(&ctx) {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            self.publish(&mut st);
+        }
+        tracing::info!("driver stopped");
+        Ok(())
+    }
+
+    fn on_inbound(&mut self, m: Inbound) {
+        let kind = self.engine.message_kind(&m.bytes);
+        self.shared.metrics.count_received(kind);
+        if let Err(r) = self.engine.on_message(m.from, &m.bytes) {
+            tracing::debug!(from = m.from, reason = r.reason, "message rejected");
+            self.shared.metrics.count_rejected(r.reason, 1);
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd, st: &mut State) {
+        match cmd {
+            Cmd::Propose {
+                txs,
+                waiters,
+                reply,
+            } => {
+                let hashes: Vec<[u8; 32]> = txs.iter().map(Tx::hash).collect();
+                let result = self.engine.propose(txs);
+                if result.is_ok() {
+                    let now = Instant::now();
+                    let mut waiters = waiters.into_iter();
+                    for h in hashes {
+                        let p = st.pending.entry(h).or_insert_with(|| Pending {
+                            since: now,
+                            waiters: Vec::new(),
+                        });
+                        if let Some(w) = waiters.next() {
+                            p.waiters.push(w);
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Cmd::Read { reply } => {
+                let ctx = st.next_read;
+                st.next_read += 1;
+                match self.engine.read_index(ctx) {
+                    Ok(true) => {
+                        st.reads.insert(ctx, reply);
+                    }
+                    Ok(false) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_applied(&mut self, applied: &[AppliedBlock], st: &mut State) {
+        let metrics = &self.shared.metrics;
+        for ab in applied {
+            let height = ab.block.height;
+            for (tx, outcome) in ab.block.txs.iter().zip(&ab.outcomes) {
+                if outcome.is_some() {
+                    metrics.committed_txs.inc();
+                }
+                let hash = tx.hash();
+                let Some(p) = st.pending.remove(&hash) else {
+                    continue;
+                };
+                metrics
+                    .commit_latency
+                    .observe(p.since.elapsed().as_secs_f64());
+                let record = match outcome {
+                    Some(o) => Some(TxRecord {
+                        height,
+                        tx_hash: hash,
+                        outcome: o.clone(),
+                    }),
+                    // A duplicate (client, seq): answer with the original application.
+                    None => self
+                        .shared
+                        .store
+                        .tx_record(&tx.client, tx.seq)
+                        .ok()
+                        .flatten(),
+                };
+                if let Some(rec) = record {
+                    for w in p.waiters {
+                        let _ = w.send(rec.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes status and gauges after each round (read by `/v1/status` and `/metrics`).
+    fn publish(&mut self, st: &mut State) {
+        let status = self.engine.status();
+        let head = self.shared.store.head().ok();
+        let peers = self.net.connected_peers();
+        let m = &self.shared.metrics;
+        if let Some(t) = status.term {
+            m.term.set(t as i64);
+        }
+        if let Some(v) = status.view {
+            m.view.set(v as i64);
+        }
+        let changes = self.engine.leader_changes();
+        if changes > st.leader_changes_seen {
+            let delta = changes - st.leader_changes_seen;
+            match self.engine.protocol() {
+                crate::config::Protocol::Raft => m.leader_changes.inc_by(delta),
+                crate::config::Protocol::Pbft => m.view_changes.inc_by(delta),
+            };
+            st.leader_changes_seen = changes;
+        }
+        m.peers_connected.set(peers as i64);
+        let mut s = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = head {
+            m.ledger_height.set(h.height as i64);
+            s.height = h.height;
+            s.head_hash = h.hash;
+        }
+        s.engine = status;
+        s.peers_connected = peers;
+    }
+}
+
+impl NodeStatus {
+    pub(super) fn initial(engine: &dyn Engine) -> NodeStatus {
+        NodeStatus {
+            engine: engine.status(),
+            height: 0,
+            head_hash: [0; 32],
+            peers_connected: 0,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! `faultline run`: one node as a process. Loads the configs and key, opens the store and the
+//! engine (which restarts itself from the store), starts the libp2p transport and the HTTP API,
+//! and runs the [`driver::Driver`] task that owns the engine until SIGINT/SIGTERM.
+
+pub mod driver;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use faultline_net::{Multiaddr, NetConfig, PeerInfo};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ClusterConfig, NodeConfig};
+use crate::engine::{self, EngineSetup, EngineStatus, NodeId};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub use driver::Cmd;
+
+/// What `/v1/status` shows besides the engine's own fields; refreshed by the driver each round.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub engine: EngineStatus,
+    pub height: u64,
+    pub head_hash: [u8; 32],
+    pub peers_connected: usize,
+}
+
+/// State shared by the driver task and the API handlers.
+pub struct Shared {
+    pub id: NodeId,
+    pub cluster: ClusterConfig,
+    pub key: SigningKey,
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub status: Mutex<NodeStatus>,
+    pub cmds: mpsc::Sender<Cmd>,
+    pub net: faultline_net::NetHandle,
+    /// Forwards writes and linearizable reads from a raft follower to the leader's API.
+    pub http: reqwest::Client,
+}
+
+impl Shared {
+    pub fn status(&self) -> NodeStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn parse_addr(s: &str, what: &str) -> Result<Multiaddr> {
+    s.parse()
+        .with_context(|| format!("{what}: {s:?} is not a valid multiaddr"))
+}
+
+/// Runs the node described by `config_path` until SIGINT or SIGTERM.
+pub fn run(config_path: &Path) -> Result<()> {
+    let node = NodeConfig::load(config_path)?;
+    let cluster = ClusterConfig::load(&node.cluster)?;
+    let me = cluster
+        .node(node.id)
+        .with_context(|| format!("node id {} is not in {}", node.id, node.cluster.display()))?
+        .clone();
+    let key = crate::keys::read_key(&node.key_file)?;
+    if key.verifying_key().to_bytes() != me.public_key {
+        // Not fatal: the peers will refuse this node (a test of the allow-list relies on it).
+        tracing::warn!(
+            "the key in {} is not node {}'s key in cluster.toml; peers will refuse this node",
+            node.key_file.display(),
+            node.id
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(node, cluster, me, key))
+}
+
+async fn run_async(
+    node: NodeConfig,
+    cluster: ClusterConfig,
+    me: crate::config::NodeEntry,
+    key: SigningKey,
+) -> Result<()> {
+    std::fs::create_dir_all(&node.data_dir)
+        .with_context(|| format!("cannot create data dir {}", node.data_dir.display()))?;
+    let store = Arc::new(
+        Store::open(&node.data_dir, &cluster.genesis)
+            .with_context(|| format!("cannot open the store in {}", node.data_dir.display()))?,
+    );
+    let engine = engine::open(
+        EngineSetup {
+            id: node.id,
+            cluster: &cluster,
+            key: key.clone(),
+            timing: node.timing.clone(),
+            batching: node.batching.clone(),
+            byzantine: node.byzantine,
+            seed: node.id,
+        },
+        &store,
+    )
+    .context("cannot start the consensus engine")?;
+
+    let mut peers = Vec::new();
+    for p in cluster.nodes.iter().filter(|p| p.id != node.id) {
+        peers.push(PeerInfo {
+            id: p.id,
+            peer_id: faultline_net::peer_id_from_public(&p.public_key)
+                .with_context(|| format!("node {}'s public key", p.id))?,
+            addr: parse_addr(&p.p2p, &format!("node {} p2p", p.id))?,
+        });
+    }
+    let listen = parse_addr(&me.p2p, "own p2p address")?;
+    let (net, inbound) =
+        faultline_net::start(NetConfig::new(node.id, key.to_bytes(), listen, peers))
+            .await
+            .context("cannot start the network")?;
+
+    let listener = tokio::net::TcpListener::bind(me.api)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}", me.api))?;
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let shared = Arc::new(Shared {
+        id: node.id,
+        cluster: cluster.clone(),
+        key,
+        store: Arc::clone(&store),
+        metrics: Metrics::new(),
+        status: Mutex::new(NodeStatus::initial(engine.as_ref())),
+        cmds: cmd_tx,
+        net: net.clone(),
+        http,
+    });
+    let driver = driver::Driver {
+        engine,
+        shared: Arc::clone(&shared),
+        net: net.clone(),
+        inbound,
+        cmds: cmd_rx,
+        shutdown: shutdown_rx.clone(),
+        tick: Duration::from_millis(node.timing.tick_ms),
+    };
+    let driver_task = tokio::spawn(driver.run());
+
+    let mut api_shutdown = shutdown_rx.clone();
+    let router = crate::api::router(Arc::clone(&shared));
+    let api_task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the API server failed");
+        }
+    });
+    tracing::info!(
+        id = node.id,
+        protocol = %cluster.protocol,
+        api = %me.api,
+        p2p = %me.p2p,
+        "node running"
+    );
+
+    let mut driver_task = driver_task;
+    let driver_result = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            None
+        }
+        r = &mut driver_task => Some(r),
+    };
+    let _ = shutdown_tx.send(true);
+    let driver_result = match driver_result {
+        Some(r) => r,
+        None => driver_task.await,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    net.shutdown().await;
+    match driver_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("the node stopped on a storage error")),
+        Err(e) => Err(anyhow::anyhow!("the driver task failed: {e}")),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,239 @@
+//! Test harness for real clusters: a testnet on free loopback ports, `faultline run` children
+//! that are killed when the harness is dropped (also on panic), a tiny HTTP client over std, and
+//! condition waits with deadlines instead of fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub n: usize,
+    pub base: u16,
+    children: Vec<Option<Child>>,
+}
+
+/// A base port such that base..base+2n are all free right now.
+fn free_base(n: usize) -> u16 {
+    let seed = std::process::id() as u64
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0));
+    let mut x = seed;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let base = 20000 + ((x >> 33) % 35000) as u16;
+        if (0..2 * n as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+impl Cluster {
+    /// Writes a testnet of `n` raft nodes (not started).
+    pub fn raft(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = free_base(n);
+        let out = Command::new(BIN)
+            .args(["testnet", "--protocol", "raft", "--nodes", &n.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--base-port", &base.to_string()])
+            .output()
+            .expect("run testnet");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cluster {
+            dir,
+            n,
+            base,
+            children: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}"))
+    }
+
+    pub fn api(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.base as usize + self.n + i)
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{i}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(self.node_dir(i).join("node.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn faultline run");
+        self.children[i] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.n {
+            self.start(i);
+        }
+    }
+
+    /// SIGKILL: no clean shutdown, whatever was not fsynced is gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+    }
+
+    pub fn status(&self, i: usize) -> Option<Value> {
+        match http(&self.api(i), "GET", "/v1/status", None) {
+            Some((200, v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The id of the leader all running nodes in `nodes` agree on.
+    pub fn wait_leader(&self, nodes: &[usize], timeout: Duration) -> usize {
+        wait_for(timeout, "an agreed leader", || {
+            let mut leader = None;
+            for &i in nodes {
+                let s = self.status(i)?;
+                let l = s.get("leader")?.as_u64()?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let l = leader? as usize;
+            let s = self.status(l)?;
+            (s["role"] == "leader").then_some(l)
+        })
+    }
+
+    /// Waits until every node in `nodes` reports the same height (>= min) and head hash.
+    pub fn wait_converged(&self, nodes: &[usize], min: u64, timeout: Duration) -> (u64, String) {
+        wait_for(timeout, "equal heads", || {
+            let mut head: Option<(u64, String)> = None;
+            for &i in nodes {
+                let s = self.status(i)?;
+                let h = (s["height"].as_u64()?, s["head_hash"].as_str()?.to_string());
+                if head.as_ref().is_some_and(|x| *x != h) {
+                    return None;
+                }
+                head = Some(h);
+            }
+            head.filter(|h| h.0 >= min)
+        })
+    }
+
+    pub fn client_key(&self) -> ed25519_dalek::SigningKey {
+        let text = std::fs::read_to_string(self.dir.path().join("client-0.key")).expect("key");
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut b).expect("hex key");
+        ed25519_dalek::SigningKey::from_bytes(&b)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.n {
+            self.kill(i);
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some or `timeout` passes (then panics with `what`).
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; None if the node is unreachable.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> Option<(u16, Value)> {
+    let (code, bytes) = http_raw(addr, method, path, body)?;
+    Some((code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+pub fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let body = body.unwrap_or(b"");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..split]).ok()?;
+    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut payload = buf[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        payload = dechunk(&payload);
+    }
+    Some((code, payload))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
+        let len = std::str::from_utf8(&b[..pos])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        if len == 0 || b.len() < pos + 2 + len {
+            break;
+        }
+        out.extend_from_slice(&b[pos + 2..pos + 2 + len]);
+        b = &b[pos + 2 + len + 2.min(b.len() - pos - 2 - len)..];
+    }
+    out
+}
