@@ -100,7 +100,8 @@ fn raft_cluster_commits_a_workload_and_loses_no_acknowledged_tx_across_kill_9() 
     let load = {
         let (acked, stop, key) = (Arc::clone(&acked), Arc::clone(&stop), key.clone());
         std::thread::spawn(move || {
-            let mut seq = 1000u64;
+            // Above the client command's seq (microseconds since the epoch).
+            let mut seq = 1u64 << 60;
             let mut lat = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 seq += 1;
