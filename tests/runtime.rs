@@ -290,3 +290,54 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
     }
     let _: Value = Value::Null;
 }
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_a_restart_recovers_the_ledger() {
+    let mut c = Cluster::raft(3);
+    c.start_all();
+    let all = [0, 1, 2];
+    let leader = c.wait_leader(&all, T);
+    let key = c.client_key();
+    let txs: Vec<Tx> = (1..=50)
+        .map(|s| put(&key, s, &format!("r{s}"), "v"))
+        .collect();
+    let (code, v) = http(
+        &c.api(leader),
+        "POST",
+        "/v1/txs",
+        Some(&serde_json::to_vec(&txs).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{v}");
+    let before = c.wait_converged(&all, 1, T);
+    for i in all {
+        assert!(
+            c.terminate(i),
+            "node {i} did not exit cleanly:\n{}",
+            c.log(i)
+        );
+    }
+    c.start_all();
+    c.wait_leader(&all, T);
+    let after = c.wait_converged(&all, before.0, T);
+    assert_eq!(before, after, "same ledger after restart");
+    for i in all {
+        let (code, v) = http(&c.api(i), "GET", "/v1/kv/r50?consistency=local", None).unwrap();
+        assert_eq!(
+            (code, v["value"].as_str()),
+            (200, Some("v")),
+            "node {i}: {v}"
+        );
+    }
+    // Writes go on after the restart.
+    let tx = put(&key, 51, "r51", "v");
+    let (code, v) = http(
+        &c.api(0),
+        "POST",
+        "/v1/tx",
+        Some(&serde_json::to_vec(&tx).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["height"].as_u64(), Some(before.0 + 1), "{v}");
+}

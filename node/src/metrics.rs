@@ -57,6 +57,11 @@ impl Metrics {
         let leader_changes = Counter::default();
         let view_changes = Counter::default();
         let peers_connected = Gauge::default();
+        // Show the common reasons at 0 so that dashboards and tests see the series before the
+        // first rejection (an empty family is not exported at all).
+        for reason in ["bad_signature", "unknown_peer", "malformed", "stale"] {
+            let _ = rejected.get_or_create(&vec![("reason", reason)]);
+        }
         registry.register(
             "faultline_messages_sent",
             "Protocol messages queued to peers, by type",

@@ -110,6 +110,26 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, then waits (bounded) for a clean exit; returns whether it exited with 0.
+    pub fn terminate(&mut self, i: usize) -> bool {
+        let Some(mut c) = self.children[i].take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
     }
