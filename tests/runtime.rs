@@ -341,3 +341,59 @@ fn sigterm_shuts_down_cleanly_and_a_restart_recovers_the_ledger() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["height"].as_u64(), Some(before.0 + 1), "{v}");
 }
+
+/// A quick throughput/latency figure, not a pass/fail check: 4 writers post batches of
+/// `BATCH` transactions to the leader for a few seconds. Run with
+/// `FAULTLINE_BIN=target/release/faultline cargo test --test runtime -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn raft_throughput_figure() {
+    const BATCH: u64 = 500;
+    const WRITERS: u64 = 4;
+    let mut c = Cluster::raft_with_clients(3, WRITERS as usize);
+    c.start_all();
+    let all = [0, 1, 2];
+    let leader = c.wait_leader(&all, T);
+    let api = c.api(leader);
+    let run_for = Duration::from_secs(5);
+    let start = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (key, api) = (c.client_key_n(w as usize), api.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut seq = 1;
+                let mut done = 0u64;
+                while start.elapsed() < run_for {
+                    let txs: Vec<Tx> = (0..BATCH)
+                        .map(|i| put(&key, seq + i, &format!("t{w}-{}", seq + i), "v"))
+                        .collect();
+                    seq += BATCH;
+                    let body = serde_json::to_vec(&txs).unwrap();
+                    let t0 = Instant::now();
+                    if let Some((200, _)) = http(&api, "POST", "/v1/txs", Some(&body)) {
+                        lat.push(t0.elapsed());
+                        done += BATCH;
+                    }
+                }
+                (done, lat)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut lat = Vec::new();
+    for w in writers {
+        let (d, l) = w.join().unwrap();
+        total += d;
+        lat.extend(l);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    let (_h, _) = c.wait_converged(&all, 1, T);
+    eprintln!(
+        "raft n=3: {total} txs in {secs:.1}s = {:.0} tx/s; batch-of-{BATCH} latency p50 {:?} p99 {:?}",
+        total as f64 / secs,
+        lat.get(lat.len() / 2),
+        lat.get(lat.len() * 99 / 100)
+    );
+}

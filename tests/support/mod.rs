@@ -14,6 +14,12 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
+/// The binary the cluster runs: `FAULTLINE_BIN` (e.g. a release build, for measurements) or
+/// the one cargo built for this test.
+pub fn bin() -> String {
+    std::env::var("FAULTLINE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub n: usize,
@@ -44,13 +50,19 @@ fn free_base(n: usize) -> u16 {
 impl Cluster {
     /// Writes a testnet of `n` raft nodes (not started).
     pub fn raft(n: usize) -> Cluster {
+        Cluster::raft_with_clients(n, 1)
+    }
+
+    /// Writes a testnet of `n` raft nodes with `clients` permitted client keys.
+    pub fn raft_with_clients(n: usize, clients: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base(n);
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["testnet", "--protocol", "raft", "--nodes", &n.to_string()])
             .arg("--dir")
             .arg(dir.path())
             .args(["--base-port", &base.to_string()])
+            .args(["--clients", &clients.to_string()])
             .output()
             .expect("run testnet");
         assert!(
@@ -84,7 +96,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("node-{i}.log")))
             .expect("log file");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("run")
             .arg("--config")
             .arg(self.node_dir(i).join("node.toml"))
@@ -176,7 +188,12 @@ impl Cluster {
     }
 
     pub fn client_key(&self) -> ed25519_dalek::SigningKey {
-        let text = std::fs::read_to_string(self.dir.path().join("client-0.key")).expect("key");
+        self.client_key_n(0)
+    }
+
+    pub fn client_key_n(&self, j: usize) -> ed25519_dalek::SigningKey {
+        let path = self.dir.path().join(format!("client-{j}.key"));
+        let text = std::fs::read_to_string(path).expect("key");
         let mut b = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut b).expect("hex key");
         ed25519_dalek::SigningKey::from_bytes(&b)
