@@ -250,6 +250,7 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
     assert_eq!(first, again, "a duplicate gets the original signed reply");
     let (_, s) = http(&api, "GET", "/v1/status", None).unwrap();
     assert_eq!(s["height"], first["height"], "applied once");
+    assert_eq!(s["view"], Value::Null, "raft has no view");
     for k in [
         "id",
         "protocol",
@@ -264,6 +265,28 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
     ] {
         assert!(s.get(k).is_some(), "status lacks {k}: {s}");
     }
+
+    // A lower seq than one already applied: 409 alone, a "rejected" entry in a batch.
+    let stale = put(&key, 3, "a", "stale");
+    let (code, v) = http(
+        &api,
+        "POST",
+        "/v1/tx",
+        Some(&serde_json::to_vec(&stale).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{v}");
+    let batch = vec![stale, put(&key, 6, "c", "d")];
+    let (code, v) = http(
+        &api,
+        "POST",
+        "/v1/txs",
+        Some(&serde_json::to_vec(&batch).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v[0]["status"], "rejected", "{v}");
+    assert_eq!(v[1]["status"], "committed", "{v}");
 
     let (code, v) = http(&api, "GET", "/v1/kv/a", None).unwrap();
     assert_eq!((code, v["value"].as_str()), (200, Some("b")), "{v}");
@@ -288,7 +311,6 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
     ] {
         assert!(text.contains(m), "metrics lack {m}:\n{text}");
     }
-    let _: Value = Value::Null;
 }
 
 #[test]

@@ -107,7 +107,8 @@ async fn post_tx(
     match submit(&shared, vec![tx], wait).await {
         Submitted::Done(mut replies) => match replies.pop() {
             Some(Ok(v)) => Json(v).into_response(),
-            Some(Err(r)) => r,
+            Some(Err(Rejection::Stale(msg))) => error(StatusCode::CONFLICT, msg),
+            Some(Err(Rejection::Response(r))) => r,
             None => error(StatusCode::INTERNAL_SERVER_ERROR, "no reply"),
         },
         Submitted::Accepted(hashes) => accepted(hashes),
@@ -152,9 +153,13 @@ async fn post_txs(
             for r in replies {
                 match r {
                     Ok(v) => out.push(v),
-                    // One failed entry fails the batch answer (the client retries; duplicates
-                    // are answered from the store).
-                    Err(resp) => return resp,
+                    // A stale seq is that entry's answer; anything else (a commit timeout)
+                    // fails the batch and the client retries it (duplicates are answered from
+                    // the store).
+                    Err(Rejection::Stale(msg)) => {
+                        out.push(json!({ "status": "rejected", "error": msg }))
+                    }
+                    Err(Rejection::Response(resp)) => return resp,
                 }
             }
             Json(Value::Array(out)).into_response()
@@ -176,8 +181,15 @@ fn accepted(hashes: Vec<[u8; 32]>) -> Response {
         .into_response()
 }
 
+/// Why one transaction of a submission has no committed reply.
+enum Rejection {
+    /// Its seq is at or below the client's last applied one and it is not that transaction.
+    Stale(String),
+    Response(Response),
+}
+
 enum Submitted {
-    Done(Vec<Result<Value, Response>>),
+    Done(Vec<Result<Value, Rejection>>),
     Accepted(Vec<[u8; 32]>),
     Forward(u64),
     Failed(Response),
@@ -185,7 +197,7 @@ enum Submitted {
 
 /// Answers duplicates from the store, proposes the rest and (if `wait`) waits for them.
 async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
-    let mut results: Vec<Option<Result<Value, Response>>> = Vec::with_capacity(txs.len());
+    let mut results: Vec<Option<Result<Value, Rejection>>> = Vec::with_capacity(txs.len());
     let mut to_propose = Vec::new();
     let mut slots = Vec::new();
     let mut hashes = Vec::with_capacity(txs.len());
@@ -194,13 +206,12 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
         match shared.store.tx_record(&tx.client, tx.seq) {
             Ok(Some(rec)) => results.push(Some(Ok(committed_reply(shared, &rec)))),
             Ok(None) => match shared.store.last_seq(&tx.client) {
-                Ok(Some(last)) if tx.seq <= last => results.push(Some(Err(error(
-                    StatusCode::CONFLICT,
-                    format!(
+                Ok(Some(last)) if tx.seq <= last => {
+                    results.push(Some(Err(Rejection::Stale(format!(
                         "seq {} is at or below this client's last applied seq {last}",
                         tx.seq
-                    ),
-                )))),
+                    )))))
+                }
                 Ok(_) => {
                     slots.push(results.len());
                     results.push(None);
@@ -234,7 +245,11 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
             Ok(Ok(())) => {}
             Ok(Err(ProposeError::NotLeader {
                 leader: Some(leader),
-            })) if leader != shared.id => return Submitted::Forward(leader),
+            })) if leader != shared.id
+                && shared.cluster.protocol == crate::config::Protocol::Raft =>
+            {
+                return Submitted::Forward(leader)
+            }
             Ok(Err(e)) => return Submitted::Failed(error(StatusCode::SERVICE_UNAVAILABLE, e)),
             Err(_) => {
                 return Submitted::Failed(error(
@@ -251,17 +266,24 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
     for (slot, rx) in slots.into_iter().zip(receivers) {
         let r = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(rec)) => Ok(committed_reply(shared, &rec)),
-            _ => Err(error(
+            _ => Err(Rejection::Response(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timed out waiting for the transaction to commit; retry with the same seq",
-            )),
+            ))),
         };
         results[slot] = Some(r);
     }
     Submitted::Done(
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(error(StatusCode::INTERNAL_SERVER_ERROR, "lost"))))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Rejection::Response(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "lost",
+                    )))
+                })
+            })
             .collect(),
     )
 }
@@ -388,7 +410,12 @@ fn encode_path(s: &str) -> String {
 }
 
 async fn get_status(State(shared): State<AppState>) -> Response {
-    let s = shared.status();
+    let mut s = shared.status();
+    // The store is the freshest source of the head (the driver publishes once per round).
+    if let Ok(head) = shared.store.head() {
+        s.height = head.height;
+        s.head_hash = head.hash;
+    }
     Json(json!({
         "id": shared.id,
         "protocol": shared.cluster.protocol,

@@ -3,7 +3,7 @@
 //! tried. PBFT: a write goes to every node and is accepted once f+1 nodes sent matching replies
 //! whose signatures verify against their public keys in cluster.toml (at least one is correct).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -153,8 +153,8 @@ fn parse_reply(body: &Value) -> Option<WriteResult> {
     })
 }
 
-/// Checks a node's signed reply; returns the write result it vouches for.
-fn verified_reply(cluster: &ClusterConfig, body: &Value) -> Option<WriteResult> {
+/// Checks a node's signed reply; returns the signing node and the write result it vouches for.
+pub fn verified_reply(cluster: &ClusterConfig, body: &Value) -> Option<(u64, WriteResult)> {
     let r = parse_reply(body)?;
     let node = cluster.node(body.get("node")?.as_u64()?)?;
     let mut hash = [0u8; 32];
@@ -162,7 +162,7 @@ fn verified_reply(cluster: &ClusterConfig, body: &Value) -> Option<WriteResult> 
     let mut sig = [0u8; 64];
     hex::decode_to_slice(body.get("signature")?.as_str()?, &mut sig).ok()?;
     let outcome: TxOutcome = serde_json::from_value(r.result.clone()).ok()?;
-    crate::reply::verify(&node.public_key, &hash, r.height, &outcome, &sig).then_some(r)
+    crate::reply::verify(&node.public_key, &hash, r.height, &outcome, &sig).then_some((node.id, r))
 }
 
 async fn write_pbft(
@@ -182,14 +182,16 @@ async fn write_pbft(
                 resp.json::<Value>().await.ok()
             });
         }
-        let mut votes: HashMap<(u64, String, String), usize> = HashMap::new();
+        // Matching replies counted per distinct signing node: one node's reply relayed twice
+        // (or replayed) must not count twice.
+        let mut votes: HashMap<(u64, String, String), HashSet<u64>> = HashMap::new();
         while let Some(res) = tasks.join_next().await {
             let Ok(Some(body)) = res else { continue };
-            if let Some(r) = verified_reply(cluster, &body) {
+            if let Some((node, r)) = verified_reply(cluster, &body) {
                 let k = (r.height, r.tx_hash.clone(), r.result.to_string());
-                let c = votes.entry(k).or_default();
-                *c += 1;
-                if *c >= need {
+                let voters = votes.entry(k).or_default();
+                voters.insert(node);
+                if voters.len() >= need {
                     return Ok(r);
                 }
             }

@@ -64,6 +64,34 @@ pub struct RaftEngine {
     reads: Vec<(u64, u64)>,
 }
 
+/// The leading fields of a postcard-encoded [`Message`]: enough to name it without decoding
+/// (and copying) its entries a second time.
+#[derive(serde::Deserialize)]
+struct MessageHeader {
+    _from: u64,
+    _to: u64,
+    _term: u64,
+    /// postcard encodes the `MessageBody` variant index as a varint u32.
+    body_variant: u32,
+}
+
+/// The snake_case type name of an encoded Raft message, or "unknown" if it does not parse.
+pub fn message_kind(bytes: &[u8]) -> &'static str {
+    const NAMES: [&str; 7] = [
+        "append_entries",
+        "append_entries_response",
+        "request_vote",
+        "request_vote_response",
+        "install_snapshot",
+        "install_snapshot_response",
+        "timeout_now",
+    ];
+    postcard::take_from_bytes::<MessageHeader>(bytes)
+        .ok()
+        .and_then(|(h, _)| NAMES.get(h.body_variant as usize).copied())
+        .unwrap_or("unknown")
+}
+
 fn decode_hard_state(bytes: &[u8]) -> Result<HardState, EngineError> {
     postcard::from_bytes(bytes).map_err(|e| EngineError::Corrupt(format!("raft hard state: {e}")))
 }
@@ -352,7 +380,7 @@ impl Engine for RaftEngine {
     }
 
     fn message_kind(&self, bytes: &[u8]) -> &'static str {
-        postcard::from_bytes::<Message>(bytes).map_or("unknown", |m| m.type_name())
+        message_kind(bytes)
     }
 
     fn read_index(&mut self, ctx: u64) -> Result<bool, ProposeError> {
@@ -381,5 +409,63 @@ impl Engine for RaftEngine {
             }
         });
         ready
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use faultline_raft::{Entry, Message, MessageBody, Snapshot};
+
+    #[test]
+    fn message_kind_names_every_message_like_type_name() {
+        let bodies = vec![
+            MessageBody::AppendEntries {
+                prev_log_index: 3,
+                prev_log_term: 1,
+                entries: vec![Entry {
+                    term: 1,
+                    index: 4,
+                    data: vec![1, 2, 3],
+                }],
+                leader_commit: 2,
+                read_ctx: Some(9),
+            },
+            MessageBody::AppendEntriesResponse {
+                success: true,
+                match_index: 4,
+                reject_hint: None,
+                read_ctx: None,
+            },
+            MessageBody::RequestVote {
+                last_log_index: 1,
+                last_log_term: 1,
+                pre_vote: true,
+                transfer: false,
+            },
+            MessageBody::RequestVoteResponse {
+                granted: true,
+                pre_vote: false,
+            },
+            MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    index: 1,
+                    term: 1,
+                    data: vec![0; 10],
+                },
+            },
+            MessageBody::InstallSnapshotResponse { match_index: 7 },
+            MessageBody::TimeoutNow,
+        ];
+        for body in bodies {
+            let m = Message {
+                from: 300,
+                to: 1,
+                term: u64::MAX,
+                body,
+            };
+            let bytes = postcard::to_allocvec(&m).unwrap();
+            assert_eq!(super::message_kind(&bytes), m.type_name());
+        }
+        assert_eq!(super::message_kind(&[0xff]), "unknown");
     }
 }
