@@ -62,8 +62,6 @@ impl Driver {
     /// Runs until shutdown is signalled or the network stops. A store failure ends the node:
     /// continuing could acknowledge something the disk does not hold.
     pub async fn run(mut self) -> Result<(), EngineError> {
-        let mut ticker = tokio::time::interval(self.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut st = State {
             pending: HashMap::new(),
             reads: HashMap::new(),
@@ -71,6 +69,9 @@ impl Driver {
             leader_changes_seen: self.engine.leader_changes(),
         };
         let mut ticks: u64 = 0;
+        // Ticks are due by the clock, checked every round: a busy inbound stream must not
+        // starve the protocol's timers (heartbeats, elections).
+        let mut next_tick = Instant::now() + self.tick;
         self.publish(&mut st);
         loop {
             tokio::select! {
@@ -81,32 +82,35 @@ impl Driver {
                     None => break,
                 },
                 Some(cmd) = self.cmds.recv() => self.on_cmd(cmd, &mut st),
-                _ = ticker.tick() => {
-                    self.engine.on_tick();
-                    ticks += 1;
-                    if ticks % 100 == 0 {
-                        st.pending.retain(|_, p| {
-                            p.waiters.retain(|w| !w.is_closed());
-                            p.since.elapsed() < PENDING_TTL
-                        });
-                        st.reads.retain(|_, r| !r.is_closed());
-                    }
-                }
+                _ = tokio::time::sleep_until(next_tick.into()) => {}
             }
-            let mut n = 0;
-            while n < MAX_BATCH_INPUTS {
+            // Drain what else is ready (each source with its own budget), then drive once.
+            for _ in 0..MAX_BATCH_INPUTS {
                 match self.inbound.try_recv() {
                     Ok(m) => self.on_inbound(m),
                     Err(_) => break,
                 }
-                n += 1;
             }
-            while n < MAX_BATCH_INPUTS {
+            for _ in 0..MAX_BATCH_INPUTS {
                 match self.cmds.try_recv() {
                     Ok(c) => self.on_cmd(c, &mut st),
                     Err(_) => break,
                 }
-                n += 1;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.engine.on_tick();
+                ticks += 1;
+                // One tick per round even if several were missed (like MissedTickBehavior::
+                // Delay): a stalled node must not fire a burst of elections on waking.
+                next_tick = now + self.tick;
+                if ticks % 100 == 0 {
+                    st.pending.retain(|_, p| {
+                        p.waiters.retain(|w| !w.is_closed());
+                        p.since.elapsed() < PENDING_TTL
+                    });
+                    st.reads.retain(|_, r| !r.is_closed());
+                }
             }
             let store = Arc::clone(&self.shared.store);
             let engine = &mut self.engine;
