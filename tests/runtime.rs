@@ -339,6 +339,17 @@ fn sigterm_shuts_down_cleanly_and_a_restart_recovers_the_ledger() {
             c.log(i)
         );
     }
+    // The client shows unreachable nodes as such instead of failing.
+    let out = Command::new(BIN)
+        .arg("client")
+        .arg("--cluster")
+        .arg(c.path().join("cluster.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("unreachable").count(), 3, "{stdout}");
     c.start_all();
     c.wait_leader(&all, T);
     let after = c.wait_converged(&all, before.0, T);

@@ -43,3 +43,27 @@ pub fn verify(
     )
     .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_verifies_only_with_the_signer_and_the_same_contents() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let other = SigningKey::from_bytes(&[4u8; 32])
+            .verifying_key()
+            .to_bytes();
+        let pk = key.verifying_key().to_bytes();
+        let hash = [9u8; 32];
+        let ok = TxOutcome::Ok;
+        let sig = sign(&key, &hash, 7, &ok);
+        assert!(verify(&pk, &hash, 7, &ok, &sig));
+        assert!(!verify(&other, &hash, 7, &ok, &sig));
+        assert!(!verify(&pk, &hash, 8, &ok, &sig));
+        let err = TxOutcome::Error("insufficient funds".into());
+        assert!(!verify(&pk, &hash, 7, &err, &sig));
+        // The signed result is the same JSON the API returns.
+        assert!(signing_bytes(&hash, 7, &err).ends_with(br#"{"error":"insufficient funds"}"#));
+    }
+}
