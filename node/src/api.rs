@@ -201,25 +201,34 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
     let mut to_propose = Vec::new();
     let mut slots = Vec::new();
     let mut hashes = Vec::with_capacity(txs.len());
+    // One read of each client's last applied seq per submission; only a seq at or below it
+    // needs the per-tx record (the hot path of a fresh batch reads the store once per client).
+    let mut last_seqs: std::collections::HashMap<[u8; 32], Option<u64>> =
+        std::collections::HashMap::new();
     for tx in txs {
         hashes.push(tx.hash());
-        match shared.store.tx_record(&tx.client, tx.seq) {
-            Ok(Some(rec)) => results.push(Some(Ok(committed_reply(shared, &rec)))),
-            Ok(None) => match shared.store.last_seq(&tx.client) {
-                Ok(Some(last)) if tx.seq <= last => {
-                    results.push(Some(Err(Rejection::Stale(format!(
-                        "seq {} is at or below this client's last applied seq {last}",
-                        tx.seq
-                    )))))
-                }
-                Ok(_) => {
-                    slots.push(results.len());
-                    results.push(None);
-                    to_propose.push(tx);
-                }
+        let last = match last_seqs.get(&tx.client) {
+            Some(l) => *l,
+            None => match shared.store.last_seq(&tx.client) {
+                Ok(l) => *last_seqs.entry(tx.client).or_insert(l),
                 Err(e) => return Submitted::Failed(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
             },
-            Err(e) => return Submitted::Failed(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        };
+        if last.is_some_and(|last| tx.seq <= last) {
+            match shared.store.tx_record(&tx.client, tx.seq) {
+                // A duplicate: the original answer, never a second application.
+                Ok(Some(rec)) => results.push(Some(Ok(committed_reply(shared, &rec)))),
+                Ok(None) => results.push(Some(Err(Rejection::Stale(format!(
+                    "seq {} is at or below this client's last applied seq {}",
+                    tx.seq,
+                    last.unwrap_or_default()
+                ))))),
+                Err(e) => return Submitted::Failed(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            }
+        } else {
+            slots.push(results.len());
+            results.push(None);
+            to_propose.push(tx);
         }
     }
     let mut receivers = Vec::new();
