@@ -259,6 +259,12 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
             {
                 return Submitted::Forward(leader)
             }
+            Ok(Err(ProposeError::NotLeader { .. })) => {
+                return Submitted::Failed(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no leader is known yet (an election is under way); retry shortly",
+                ))
+            }
             Ok(Err(e)) => return Submitted::Failed(error(StatusCode::SERVICE_UNAVAILABLE, e)),
             Err(_) => {
                 return Submitted::Failed(error(
@@ -460,6 +466,9 @@ async fn get_block(State(shared): State<AppState>, Path(height): Path<String>) -
 async fn get_metrics(State(shared): State<AppState>) -> Response {
     let stats = shared.net.stats();
     shared.metrics.sync_net_rejected(&stats.rejected);
+    shared
+        .metrics
+        .sync_net_dropped(stats.dropped_queue_full, stats.dropped_send_failed);
     shared
         .metrics
         .peers_connected

@@ -29,8 +29,13 @@ pub struct Metrics {
     pub leader_changes: Counter,
     pub view_changes: Counter,
     pub peers_connected: Gauge,
+    /// Beyond SPEC: messages the transport dropped (send queue full, stream failed); the
+    /// protocols retransmit, so these cost latency, not safety.
+    pub dropped: Family<Labels, Counter>,
     /// Transport-level rejections already folded into `rejected` (the transport keeps totals).
     net_rejected_seen: Mutex<BTreeMap<&'static str, u64>>,
+    /// Transport drop totals already folded into `dropped`: [queue_full, send_failed].
+    net_dropped_seen: Mutex<[u64; 2]>,
 }
 
 impl Default for Metrics {
@@ -57,6 +62,7 @@ impl Metrics {
         let leader_changes = Counter::default();
         let view_changes = Counter::default();
         let peers_connected = Gauge::default();
+        let dropped = Family::<Labels, Counter>::default();
         // Show the common reasons at 0 so that dashboards and tests see the series before the
         // first rejection (an empty family is not exported at all).
         for reason in ["bad_signature", "unknown_peer", "malformed", "stale"] {
@@ -114,8 +120,14 @@ impl Metrics {
             "Peers with an established connection",
             peers_connected.clone(),
         );
+        registry.register(
+            "faultline_messages_dropped",
+            "Outgoing messages dropped by the transport, by reason (queue_full, send_failed)",
+            dropped.clone(),
+        );
         Metrics {
             registry,
+            dropped,
             sent,
             sent_bytes,
             received,
@@ -129,6 +141,7 @@ impl Metrics {
             view_changes,
             peers_connected,
             net_rejected_seen: Mutex::new(BTreeMap::new()),
+            net_dropped_seen: Mutex::new([0; 2]),
         }
     }
 
@@ -161,6 +174,24 @@ impl Metrics {
             if total > *prev {
                 self.count_rejected(reason, total - *prev);
                 *prev = total;
+            }
+        }
+    }
+
+    /// Folds the transport's cumulative drop totals into `faultline_messages_dropped_total`.
+    pub fn sync_net_dropped(&self, queue_full: u64, send_failed: u64) {
+        let mut seen = self
+            .net_dropped_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (i, (reason, total)) in [("queue_full", queue_full), ("send_failed", send_failed)]
+            .into_iter()
+            .enumerate()
+        {
+            let counter = self.dropped.get_or_create(&vec![("reason", reason)]);
+            if total > seen[i] {
+                counter.inc_by(total - seen[i]);
+                seen[i] = total;
             }
         }
     }
