@@ -11,6 +11,7 @@
 //! 4. hand the applied blocks back with [`Engine::applied`], and poll again until the step is
 //!    empty.
 
+pub mod pbft;
 pub mod raft;
 
 use std::sync::Arc;
@@ -157,8 +158,21 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
             let engine = raft::RaftEngine::open(setup.id, setup.cluster.n(), opts, store)?;
             Ok(Box::new(engine))
         }
-        Protocol::Pbft => Err(EngineError::Config(
-            "the pbft engine is not wired into the node yet".into(),
-        )),
+        Protocol::Pbft => {
+            let opts = pbft::PbftOptions {
+                checkpoint_interval: setup.timing.checkpoint_interval,
+                max_batch_txs: setup.batching.max_batch_txs,
+                view_change_ticks: setup.timing.view_change_ticks,
+            };
+            let engine = pbft::PbftEngine::open(
+                setup.id,
+                setup.cluster.nodes.iter().map(|n| n.public_key).collect(),
+                setup.cluster.clients.iter().map(|c| c.public_key).collect(),
+                setup.key,
+                opts,
+                store,
+            )?;
+            Ok(Box::new(engine))
+        }
     }
 }
