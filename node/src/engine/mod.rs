@@ -156,7 +156,15 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 ..raft::RaftOptions::default()
             };
             let engine = raft::RaftEngine::open(setup.id, setup.cluster.n(), opts, store)?;
-            Ok(Box::new(engine))
+            Ok(match setup.byzantine {
+                None => Box::new(engine),
+                Some(mode) => Box::new(crate::faults::raft::ByzantineRaft::new(
+                    engine,
+                    mode,
+                    setup.id,
+                    setup.cluster.n(),
+                )),
+            })
         }
         Protocol::Pbft => {
             let opts = pbft::PbftOptions {
@@ -164,15 +172,29 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 max_batch_txs: setup.batching.max_batch_txs,
                 view_change_ticks: setup.timing.view_change_ticks,
             };
+            let public_keys: Vec<[u8; 32]> =
+                setup.cluster.nodes.iter().map(|n| n.public_key).collect();
             let engine = pbft::PbftEngine::open(
                 setup.id,
-                setup.cluster.nodes.iter().map(|n| n.public_key).collect(),
+                public_keys.clone(),
                 setup.cluster.clients.iter().map(|c| c.public_key).collect(),
-                setup.key,
+                setup.key.clone(),
                 opts,
                 store,
             )?;
-            Ok(Box::new(engine))
+            Ok(match setup.byzantine {
+                None => Box::new(engine),
+                Some(mode) => {
+                    let keys = public_keys
+                        .iter()
+                        .map(ed25519_dalek::VerifyingKey::from_bytes)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| EngineError::Config("invalid replica key".into()))?;
+                    Box::new(crate::faults::pbft::ByzantinePbft::new(
+                        engine, mode, setup.id, setup.key, keys,
+                    ))
+                }
+            })
         }
     }
 }
