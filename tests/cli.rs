@@ -198,3 +198,43 @@ fn verify_reports_a_missing_or_garbage_data_dir_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn sim_reports_a_raft_fork_with_exit_code_3_and_the_seed() {
+    let out = faultline(&[
+        "sim",
+        "--protocol",
+        "raft",
+        "--nodes",
+        "3",
+        "--seeds",
+        "1..3",
+        "--byzantine",
+        "0=equivocate",
+        "--steps",
+        "300",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let bad = stdout
+        .lines()
+        .find(|l| l.contains("verdict=UNSAFE"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        bad.starts_with("seed=") && bad.contains("first_diverging_height="),
+        "{bad}"
+    );
+    let ok = faultline(&[
+        "sim",
+        "--protocol",
+        "pbft",
+        "--nodes",
+        "4",
+        "--seeds",
+        "1",
+        "--steps",
+        "200",
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
+    assert!(text(&ok.stdout).contains("summary: seeds=1 ok=1 unsafe=0 stalled=0"));
+}

@@ -128,3 +128,51 @@ pub enum ConfigError {
     #[error("the signing key does not match public_keys[id]")]
     KeyMismatch,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn keys(n: u8) -> Vec<VerifyingKey> {
+        (1..=n)
+            .map(|i| SigningKey::from_bytes(&[i; 32]).verifying_key())
+            .collect()
+    }
+
+    #[test]
+    fn quorums_intersect_in_a_correct_replica() {
+        for n in 4..=31usize {
+            let c = Config::new(0, keys(n as u8));
+            let (f, q) = (c.f(), c.quorum());
+            assert!(2 * q > n + f, "n={n}: two quorums share f + 1 replicas");
+            assert!(q <= n - f, "n={n}: quorum reachable without the faulty");
+            if n % 3 == 1 {
+                assert_eq!(q, 2 * f + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(
+            Config::new(0, keys(3)).validate(),
+            Err(ConfigError::TooFewReplicas(3))
+        );
+        assert!(Config::new(0, keys(4)).validate().is_ok());
+        assert!(matches!(
+            Config::new(4, keys(4)).validate(),
+            Err(ConfigError::UnknownId { .. })
+        ));
+        let mut c = Config::new(0, keys(4));
+        c.watermark_window = 20;
+        assert!(matches!(c.validate(), Err(ConfigError::BadWindow { .. })));
+        let mut k = keys(4);
+        k[3] = k[0];
+        assert_eq!(
+            Config::new(0, k).validate(),
+            Err(ConfigError::DuplicateKey(3))
+        );
+        assert_eq!(Config::new(0, keys(4)).primary(5), 1);
+    }
+}

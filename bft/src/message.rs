@@ -256,3 +256,89 @@ pub fn decode_and_verify(
     }
     Ok((p, m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    #[test]
+    fn sign_and_verify_round_trip() {
+        let keys = vec![key(1).verifying_key(), key(2).verifying_key()];
+        let p = Payload::Commit(Commit {
+            view: 3,
+            seq: 9,
+            digest: [7; 32],
+            replica: 1,
+        });
+        let wire = sign(&p, &key(2));
+        let (got, m) = decode_and_verify(&wire, &keys).unwrap();
+        assert_eq!(got, p);
+        assert_eq!(
+            m.payload,
+            crate::certificate::commit_payload_bytes(3, 9, [7; 32], 1)
+        );
+        // Signed by the wrong key.
+        let forged = sign(&p, &key(1));
+        assert_eq!(
+            decode_and_verify(&forged, &keys).unwrap_err().reason,
+            reason::BAD_SIGNATURE
+        );
+        // Unknown signer.
+        let p9 = Payload::Commit(Commit {
+            view: 3,
+            seq: 9,
+            digest: [7; 32],
+            replica: 9,
+        });
+        assert_eq!(
+            decode_and_verify(&sign(&p9, &key(1)), &keys)
+                .unwrap_err()
+                .reason,
+            reason::UNKNOWN_PEER
+        );
+    }
+
+    #[test]
+    fn non_canonical_and_garbage_are_malformed() {
+        let p = Payload::Prepare(Prepare {
+            view: 1,
+            seq: 2,
+            digest: [0; 32],
+            replica: 0,
+        });
+        let mut bytes = encode_payload(&p);
+        bytes.push(0);
+        assert_eq!(
+            decode_payload(&bytes).unwrap_err().reason,
+            reason::MALFORMED
+        );
+        assert_eq!(
+            decode_payload(&[200, 1, 2]).unwrap_err().reason,
+            reason::MALFORMED
+        );
+        // Overlong varint for view (1 encoded in two bytes) is not canonical.
+        let canon = encode_payload(&p);
+        let mut overlong = vec![canon[0], 0x81, 0x00];
+        overlong.extend_from_slice(&canon[2..]);
+        assert!(decode_payload(&overlong).is_err());
+        assert!(decode_signed(&vec![0u8; MAX_MESSAGE_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn signature64_serde_json_and_postcard() {
+        let s = crate::crypto::Signature64([5; 64]);
+        let j = serde_json::to_string(&s);
+        if let Ok(j) = j {
+            let back: crate::crypto::Signature64 = serde_json::from_str(&j).unwrap();
+            assert_eq!(back, s);
+        }
+        let b = postcard::to_allocvec(&s).unwrap();
+        assert_eq!(b.len(), 65);
+        let back: crate::crypto::Signature64 = postcard::from_bytes(&b).unwrap();
+        assert_eq!(back, s);
+    }
+}

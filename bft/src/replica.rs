@@ -49,6 +49,11 @@ pub struct Replica<A: App> {
     vc_consecutive: u32,
     vc_timer: Option<u32>,
     new_view_sent: Option<u64>,
+    /// The NEW-VIEW we sent as primary of the current view, re-sent to replicas that missed it.
+    last_new_view: Option<SignedMessage>,
+    /// Ticks until our VIEW-CHANGE is re-broadcast (lost view changes would otherwise stall the
+    /// protocol; the paper assumes retransmission, §4.5.2).
+    vc_resend: u32,
     /// Latest validated VIEW-CHANGE per sender (a correct replica's views only grow).
     view_changes: BTreeMap<NodeId, VcEntry>,
 
@@ -62,7 +67,9 @@ pub struct Replica<A: App> {
 
     queue: VecDeque<(Hash, Vec<u8>)>,
     queued: BTreeSet<Hash>,
-    in_flight: BTreeSet<Hash>,
+    /// Requests in pre-prepares not yet executed (bodies kept: a view change hands them back to
+    /// `pending` so they are re-submitted to the next primary).
+    in_flight: BTreeMap<Hash, Vec<u8>>,
     recent: BTreeSet<Hash>,
     recent_order: VecDeque<Hash>,
     /// Requests submitted at this backup and not yet executed (the request timer watches them).
@@ -72,6 +79,8 @@ pub struct Replica<A: App> {
     /// Verified messages for a later view / beyond the high watermark, replayed when we get there.
     future: VecDeque<(NodeId, Vec<u8>)>,
     fetch: Option<FetchState>,
+    /// Ticks without execution while the log holds pre-prepared seqs above `last_executed`.
+    stall_ticks: u32,
     persisted_seqs: BTreeSet<u64>,
 
     cache: VerifyCache,
@@ -102,6 +111,8 @@ impl<A: App> Replica<A> {
             vc_consecutive: 0,
             vc_timer: None,
             new_view_sent: None,
+            last_new_view: None,
+            vc_resend: 0,
             view_changes: BTreeMap::new(),
             log: BTreeMap::new(),
             next_seq: 1,
@@ -111,13 +122,14 @@ impl<A: App> Replica<A> {
             checkpoints: CheckpointVotes::default(),
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
-            in_flight: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
             recent: BTreeSet::new(),
             recent_order: VecDeque::new(),
             pending: BTreeMap::new(),
             request_timer: None,
             future: VecDeque::new(),
             fetch: None,
+            stall_ticks: 0,
             persisted_seqs: BTreeSet::new(),
             cache: VerifyCache::new(VERIFY_CACHE),
             rejections: BTreeMap::new(),
@@ -286,6 +298,12 @@ impl<A: App> Replica<A> {
         self.cfg.primary(self.view) == self.me
     }
 
+    /// Re-broadcast the view change twice per base timeout, so that after the network settles
+    /// a primary that already sent NEW-VIEW re-sends it before our view-change timer expires.
+    fn vc_resend_interval(&self) -> u32 {
+        (self.cfg.view_change_timeout_ticks / 2).max(1)
+    }
+
     fn h(&self) -> u64 {
         self.stable.seq
     }
@@ -388,7 +406,7 @@ impl<A: App> Replica<A> {
     }
 
     fn is_known(&self, h: &Hash) -> bool {
-        self.queued.contains(h) || self.in_flight.contains(h) || self.recent.contains(h)
+        self.queued.contains(h) || self.in_flight.contains_key(h) || self.recent.contains(h)
     }
 
     fn enqueue(&mut self, h: Hash, request: Vec<u8>) {
@@ -435,8 +453,8 @@ impl<A: App> Replica<A> {
             let m = self.sign(&Payload::PrePrepare(pp.clone()));
             self.put_seq(persist::PP, seq, m.to_wire());
             self.broadcast("pre_prepare", &m);
-            for (h, _) in batch {
-                self.in_flight.insert(h);
+            for (h, r) in batch {
+                self.in_flight.insert(h, r);
             }
             let mut slot = Slot::new(self.view);
             slot.pre_prepare = Some((m, pp));
@@ -461,7 +479,15 @@ impl<A: App> Replica<A> {
                     self.request_timer = Some(t - 1);
                 }
             }
-        } else if let Some(t) = self.vc_timer {
+        } else if self.vc_resend <= 1 {
+            self.vc_resend = self.vc_resend_interval();
+            if let Some(m) = self.view_changes.get(&self.me).map(|e| e.msg.clone()) {
+                self.broadcast("view_change", &m);
+            }
+        } else {
+            self.vc_resend -= 1;
+        }
+        if let (true, Some(t)) = (self.in_view_change, self.vc_timer) {
             if t <= 1 {
                 self.vc_timer = None;
                 // §4.5.2: the new primary did not deliver a NEW-VIEW in time: try v + 1 with a
@@ -475,11 +501,50 @@ impl<A: App> Replica<A> {
             if fs.ticks_left <= 1 {
                 fs.next_peer += 1;
                 fs.ticks_left = self.cfg.request_timeout_ticks;
-                self.send_fetch();
+                if fs.next_peer >= 3 * fs.peers.len().max(1) {
+                    self.fetch = None;
+                } else {
+                    self.send_fetch();
+                }
             } else {
                 fs.ticks_left -= 1;
             }
         }
+        self.detect_stall();
+    }
+
+    /// We lost the commits for a seq others may have executed, and nothing else will tell us
+    /// (no retransmission in the normal case): after a request timeout without progress, fetch
+    /// the missing batches with their commit certificates (TOCS §5.3.2 used for a gap).
+    fn detect_stall(&mut self) {
+        if self.fetch.is_some() {
+            self.stall_ticks = 0;
+            return;
+        }
+        let top = self
+            .log
+            .range(self.last_executed + 1..)
+            .filter(|(_, slot)| slot.pre_prepare.is_some())
+            .map(|(s, _)| *s)
+            .next_back();
+        let Some(top) = top else {
+            self.stall_ticks = 0;
+            return;
+        };
+        self.stall_ticks += 1;
+        if self.stall_ticks < self.cfg.request_timeout_ticks {
+            return;
+        }
+        self.stall_ticks = 0;
+        let peers: Vec<NodeId> = (0..self.n as NodeId).filter(|p| *p != self.me).collect();
+        let start = (self.last_executed as usize) % peers.len();
+        self.fetch = Some(FetchState {
+            to_seq: top,
+            peers,
+            next_peer: start,
+            ticks_left: self.cfg.request_timeout_ticks,
+        });
+        self.send_fetch();
     }
 
     // ------------------------------------------------------------------ receive
@@ -511,7 +576,13 @@ impl<A: App> Replica<A> {
             return Err(reason::WRONG_SENDER);
         }
         // Cheap protocol checks before the expensive signature check.
-        let buffer = self.precheck(&p)?;
+        let buffer = match self.precheck(&p) {
+            Ok(b) => b,
+            Err(r) => {
+                self.help_lagging_view_change(&p, &m);
+                return Err(r);
+            }
+        };
         if !self
             .cache
             .verify_all(&self.cfg.public_keys, &[(&m, signer)])
@@ -609,6 +680,24 @@ impl<A: App> Replica<A> {
                     Ok(false)
                 }
             }
+        }
+    }
+
+    /// A replica still asking for the view we already run as primary missed our NEW-VIEW:
+    /// send it again (it is self-certifying, so re-sending is always safe).
+    fn help_lagging_view_change(&mut self, p: &Payload, m: &SignedMessage) {
+        let Payload::ViewChange(vc) = p else { return };
+        if vc.new_view != self.view || self.in_view_change || !self.is_primary() {
+            return;
+        }
+        let Some(nv) = self.last_new_view.clone() else {
+            return;
+        };
+        if self
+            .cache
+            .verify_all(&self.cfg.public_keys, &[(m, vc.replica)])
+        {
+            self.send(vc.replica, "new_view", &nv);
         }
     }
 
@@ -790,6 +879,7 @@ impl<A: App> Replica<A> {
 
     fn deliver(&mut self, batch: CommittedBatch) {
         self.last_executed = batch.seq;
+        self.stall_ticks = 0;
         self.put(persist::EXEC.to_vec(), encode(&self.last_executed));
         for r in &batch.requests {
             let h = sha256(&[r]);
@@ -986,8 +1076,19 @@ impl<A: App> Replica<A> {
         self.in_view_change = true;
         self.vc_consecutive = self.vc_consecutive.saturating_add(1);
         self.vc_timer = None;
+        self.vc_resend = self.vc_resend_interval();
         self.request_timer = None;
         self.log.clear();
+        // Requests we queued or proposed as primary are not lost with the view: they become
+        // pending here and are handed to the next primary (or re-queued if that is us).
+        let mut orphans: Vec<(Hash, Vec<u8>)> = self.queue.drain(..).collect();
+        orphans.extend(std::mem::take(&mut self.in_flight));
+        self.queued.clear();
+        for (h, r) in orphans {
+            if !self.recent.contains(&h) {
+                self.pending.insert(h, r);
+            }
+        }
         self.persist_view();
         let h = self.h();
         let prepared: Vec<PreparedProof> = self
@@ -1042,17 +1143,16 @@ impl<A: App> Replica<A> {
         if !self.in_view_change {
             return;
         }
-        let count = self
+        // §4.5.2: the timer starts once 2f+1 replicas have given up on the old view, and doubles
+        // for every consecutive view change. A replica asking for a higher view has given up too,
+        // so it counts; otherwise replicas split between v and v+1 could wait for each other
+        // forever.
+        let given_up = self
             .view_changes
             .values()
-            .filter(|e| e.vc.new_view == self.view)
+            .filter(|e| e.vc.new_view >= self.view)
             .count();
-        if count < self.q {
-            return;
-        }
-        // §4.5.2: the timer starts once 2f+1 view changes for our view are in, and doubles for
-        // every consecutive view change.
-        if self.vc_timer.is_none() {
+        if given_up >= self.q && self.vc_timer.is_none() {
             let shift = self.vc_consecutive.saturating_sub(1).min(16);
             self.vc_timer = Some(
                 self.cfg
@@ -1060,7 +1160,12 @@ impl<A: App> Replica<A> {
                     .saturating_mul(1 << shift),
             );
         }
-        if self.is_primary() && self.new_view_sent != Some(self.view) {
+        let count = self
+            .view_changes
+            .values()
+            .filter(|e| e.vc.new_view == self.view)
+            .count();
+        if count >= self.q && self.is_primary() && self.new_view_sent != Some(self.view) {
             self.send_new_view();
         }
     }
@@ -1096,6 +1201,7 @@ impl<A: App> Replica<A> {
         };
         let m = self.sign(&Payload::NewView(nv));
         self.new_view_sent = Some(v);
+        self.last_new_view = Some(m.clone());
         // enter_view persists the pre-prepares before this message can leave.
         self.broadcast("new_view", &m);
         self.enter_view(v, plan, pps);
@@ -1164,6 +1270,9 @@ impl<A: App> Replica<A> {
     /// each re-issued pre-prepare), hand queued/pending requests to the new primary, and replay
     /// buffered messages of this view.
     fn enter_view(&mut self, v: u64, plan: NewViewPlan, pps: Vec<(SignedMessage, PrePrepare)>) {
+        if self.new_view_sent != Some(v) {
+            self.last_new_view = None;
+        }
         self.view = v;
         self.in_view_change = false;
         self.vc_timer = None;
@@ -1184,7 +1293,7 @@ impl<A: App> Replica<A> {
             self.put_seq(persist::PP, seq, m.to_wire());
             let mut slot = Slot::new(v);
             for r in &pp.requests {
-                self.in_flight.insert(sha256(&[r]));
+                self.in_flight.insert(sha256(&[r]), r.clone());
             }
             if !primary {
                 let prep = self.sign(&Payload::Prepare(Prepare {

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod reply;
 pub mod runtime;
+pub mod sim;
 pub mod store;
 pub mod testnet;
 pub mod verify;

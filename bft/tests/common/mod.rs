@@ -9,6 +9,9 @@ use ed25519_dalek::SigningKey;
 use faultline_bft::*;
 use sha2::{Digest, Sha256};
 
+/// (seq, digest, requests) of a committed batch, certificates aside.
+pub type BatchView = (u64, [u8; 32], Vec<Vec<u8>>);
+
 pub fn sha(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
@@ -299,7 +302,7 @@ impl Cluster {
         self.blocked.clear();
     }
 
-    pub fn committed(&self, id: u64) -> Vec<(u64, [u8; 32], Vec<Vec<u8>>)> {
+    pub fn committed(&self, id: u64) -> Vec<BatchView> {
         self.nodes[id as usize]
             .committed
             .iter()
@@ -309,7 +312,7 @@ impl Cluster {
 
     /// Safety: no two replicas have different batches at the same seq.
     pub fn check_agreement(&self) {
-        let mut by_seq: BTreeMap<u64, (u64, [u8; 32], Vec<Vec<u8>>)> = BTreeMap::new();
+        let mut by_seq: BTreeMap<u64, BatchView> = BTreeMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             for b in &node.committed {
                 match by_seq.get(&b.seq) {

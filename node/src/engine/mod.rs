@@ -11,6 +11,7 @@
 //! 4. hand the applied blocks back with [`Engine::applied`], and poll again until the step is
 //!    empty.
 
+pub mod pbft;
 pub mod raft;
 
 use std::sync::Arc;
@@ -175,10 +176,45 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 ..raft::RaftOptions::default()
             };
             let engine = raft::RaftEngine::open(setup.id, setup.cluster.n(), opts, store)?;
-            Ok(Box::new(engine))
+            Ok(match setup.byzantine {
+                None => Box::new(engine),
+                Some(mode) => Box::new(crate::faults::raft::ByzantineRaft::new(
+                    engine,
+                    mode,
+                    setup.id,
+                    setup.cluster.n(),
+                )),
+            })
         }
-        Protocol::Pbft => Err(EngineError::Config(
-            "the pbft engine is not wired into the node yet".into(),
-        )),
+        Protocol::Pbft => {
+            let opts = pbft::PbftOptions {
+                checkpoint_interval: setup.timing.checkpoint_interval,
+                max_batch_txs: setup.batching.max_batch_txs,
+                view_change_ticks: setup.timing.view_change_ticks,
+            };
+            let public_keys: Vec<[u8; 32]> =
+                setup.cluster.nodes.iter().map(|n| n.public_key).collect();
+            let engine = pbft::PbftEngine::open(
+                setup.id,
+                public_keys.clone(),
+                setup.cluster.clients.iter().map(|c| c.public_key).collect(),
+                setup.key.clone(),
+                opts,
+                store,
+            )?;
+            Ok(match setup.byzantine {
+                None => Box::new(engine),
+                Some(mode) => {
+                    let keys = public_keys
+                        .iter()
+                        .map(ed25519_dalek::VerifyingKey::from_bytes)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| EngineError::Config("invalid replica key".into()))?;
+                    Box::new(crate::faults::pbft::ByzantinePbft::new(
+                        engine, mode, setup.id, setup.key, keys,
+                    ))
+                }
+            })
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! Byzantine behaviours (SPEC.md "Byzantine modes"): real misbehaviours of the protocol at hand,
 //! plugged into any node slot of the simulator or a real node.
 
+pub mod pbft;
+pub mod raft;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(

@@ -1,0 +1,233 @@
+//! Byzantine PBFT replicas: each mode is a real attack on the protocol, made of validly or
+//! invalidly signed messages. PBFT's checks (signatures, digests, quorums of 2f+1, view change)
+//! must keep every correct replica safe and, after a view change, live.
+
+use std::sync::Arc;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use faultline_bft::{
+    decode_and_verify, decode_signed, sign, Commit, Payload, Prepare, ViewChange, NULL_DIGEST,
+};
+
+use super::ByzantineMode;
+use crate::config::Protocol;
+use crate::engine::pbft::PbftEngine;
+use crate::engine::{
+    Engine, EngineError, EngineStatus, NodeId, Outgoing, ProposeError, Rejected, Step,
+};
+use crate::ledger::Tx;
+use crate::store::{AppliedBlock, Store};
+
+pub struct ByzantinePbft {
+    inner: PbftEngine,
+    mode: ByzantineMode,
+    id: NodeId,
+    n: u64,
+    key: SigningKey,
+    keys: Vec<VerifyingKey>,
+    extra: Vec<Outgoing>,
+    ticks: u64,
+}
+
+impl ByzantinePbft {
+    pub fn new(
+        inner: PbftEngine,
+        mode: ByzantineMode,
+        id: NodeId,
+        key: SigningKey,
+        keys: Vec<VerifyingKey>,
+    ) -> Self {
+        ByzantinePbft {
+            n: keys.len() as u64,
+            inner,
+            mode,
+            id,
+            key,
+            keys,
+            extra: Vec::new(),
+            ticks: 0,
+        }
+    }
+
+    fn broadcast(&mut self, payload: &Payload) {
+        let bytes: Arc<[u8]> = sign(payload, &self.key).into();
+        for to in (0..self.n).filter(|p| *p != self.id) {
+            self.extra.push(Outgoing {
+                to,
+                kind: payload.kind(),
+                bytes: bytes.clone(),
+            });
+        }
+    }
+
+    /// Rewrites one outgoing message according to the mode; None drops it.
+    fn transform(&self, m: Outgoing) -> Option<Outgoing> {
+        let Ok(signed) = decode_signed(&m.bytes) else {
+            return Some(m);
+        };
+        let Ok(payload) = faultline_bft::decode_payload(&signed.payload) else {
+            return Some(m);
+        };
+        let resign = |p: Payload| {
+            Some(Outgoing {
+                to: m.to,
+                kind: p.kind(),
+                bytes: sign(&p, &self.key).into(),
+            })
+        };
+        match self.mode {
+            ByzantineMode::Silent => None,
+            ByzantineMode::Forge => match payload {
+                // Claim another replica's identity, signed with our own key.
+                Payload::Prepare(mut p) => {
+                    p.replica = (self.id + 1) % self.n;
+                    resign(Payload::Prepare(p))
+                }
+                Payload::Commit(mut c) => {
+                    c.replica = (self.id + 1) % self.n;
+                    resign(Payload::Commit(c))
+                }
+                _ => {
+                    // An invalid signature.
+                    let mut s = signed;
+                    s.signature.0[7] ^= 0x40;
+                    Some(Outgoing {
+                        to: m.to,
+                        kind: m.kind,
+                        bytes: s.to_wire().into(),
+                    })
+                }
+            },
+            ByzantineMode::Corrupt => match payload {
+                Payload::Prepare(mut p) => {
+                    p.digest[0] ^= 1;
+                    resign(Payload::Prepare(p))
+                }
+                Payload::Commit(mut c) => {
+                    c.digest[0] ^= 1;
+                    resign(Payload::Commit(c))
+                }
+                Payload::PrePrepare(mut pp) => {
+                    // Alter a client's transaction; keep the digest of the original.
+                    if let Some(r) = pp.requests.first_mut() {
+                        if let Some(b) = r.last_mut() {
+                            *b ^= 1;
+                        }
+                    }
+                    resign(Payload::PrePrepare(pp))
+                }
+                Payload::Checkpoint(mut c) => {
+                    c.state_digest[0] ^= 1;
+                    resign(Payload::Checkpoint(c))
+                }
+                _ => Some(m),
+            },
+            ByzantineMode::Equivocate => match payload {
+                // As primary: a different batch for the same (view, seq) to half the backups.
+                Payload::PrePrepare(mut pp) if m.to % 2 == 1 => {
+                    pp.requests.pop();
+                    pp.digest = if pp.requests.is_empty() {
+                        NULL_DIGEST
+                    } else {
+                        self.app_digest(&pp.requests)?
+                    };
+                    resign(Payload::PrePrepare(pp))
+                }
+                _ => Some(m),
+            },
+            ByzantineMode::AckWithoutStore | ByzantineMode::Disrupt => Some(m),
+        }
+    }
+
+    /// The ledger's batch digest of our own (valid) batch minus one request.
+    fn app_digest(&self, requests: &[Vec<u8>]) -> Option<[u8; 32]> {
+        let txs: Vec<Tx> = requests
+            .iter()
+            .map(|r| postcard::from_bytes(r).ok())
+            .collect::<Option<_>>()?;
+        let hashes: Vec<[u8; 32]> = txs.iter().map(Tx::hash).collect();
+        Some(crate::ledger::block::batch_digest_of_hashes(&hashes))
+    }
+}
+
+impl Engine for ByzantinePbft {
+    fn protocol(&self) -> Protocol {
+        Protocol::Pbft
+    }
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn on_message(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), Rejected> {
+        if matches!(
+            self.mode,
+            ByzantineMode::Equivocate | ByzantineMode::AckWithoutStore
+        ) {
+            // Vote for every digest seen, without checking the batch.
+            if let Ok((Payload::PrePrepare(pp), _)) = decode_and_verify(bytes, &self.keys) {
+                let (view, seq, digest, replica) = (pp.view, pp.seq, pp.digest, self.id);
+                self.broadcast(&Payload::Prepare(Prepare {
+                    view,
+                    seq,
+                    digest,
+                    replica,
+                }));
+                self.broadcast(&Payload::Commit(Commit {
+                    view,
+                    seq,
+                    digest,
+                    replica,
+                }));
+            }
+        }
+        self.inner.on_message(from, bytes)
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.inner.on_tick();
+        if self.mode == ByzantineMode::Disrupt && self.ticks % 10 == 0 {
+            let s = self.inner.replica().status();
+            let vc = ViewChange {
+                new_view: s.view.saturating_add(1000),
+                replica: self.id,
+                stable_seq: s.stable_checkpoint,
+                stable_digest: s.stable_digest,
+                checkpoint_proof: Vec::new(),
+                prepared: Vec::new(),
+            };
+            self.broadcast(&Payload::ViewChange(vc));
+        }
+    }
+
+    fn propose(&mut self, txs: Vec<Tx>) -> Result<(), ProposeError> {
+        self.inner.propose(txs)
+    }
+
+    fn poll(&mut self, store: &Store) -> Result<Step, EngineError> {
+        let mut step = self.inner.poll(store)?;
+        if self.mode == ByzantineMode::AckWithoutStore {
+            step.write.engine.clear();
+        }
+        let msgs = std::mem::take(&mut step.messages);
+        step.messages = msgs.into_iter().filter_map(|m| self.transform(m)).collect();
+        if self.mode != ByzantineMode::Silent {
+            step.messages.append(&mut self.extra);
+        }
+        self.extra.clear();
+        Ok(step)
+    }
+
+    fn applied(&mut self, blocks: &[AppliedBlock], store: &Store) -> Result<(), EngineError> {
+        self.inner.applied(blocks, store)
+    }
+
+    fn status(&self) -> EngineStatus {
+        self.inner.status()
+    }
+
+    fn leader_changes(&self) -> u64 {
+        self.inner.leader_changes()
+    }
+}

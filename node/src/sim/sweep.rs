@@ -1,0 +1,87 @@
+//! Runs many seeds on all cores and prints their reports in seed order (so the output of a sweep
+//! is as reproducible as each seed).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use super::{run, SimConfig, SimError, SimReport};
+
+/// Exit code of a sweep that stalled (no progress or no convergence after the faults stopped).
+pub const EXIT_STALLED: u8 = 4;
+
+/// Runs seeds `first..=last` of `base`, prints one line (or JSON object) per seed and a summary
+/// line; returns the exit code (0 ok, 3 unsafe, 4 stalled).
+pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<u8, SimError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicU64::new(first);
+    let (tx, rx) = mpsc::channel::<(u64, Result<SimReport, SimError>)>();
+    let mut counts = (0u64, 0u64, 0u64);
+    let mut first_error = None;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed > last {
+                    return;
+                }
+                let cfg = SimConfig {
+                    seed,
+                    ..base.clone()
+                };
+                if tx.send((seed, run(cfg))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut expect = first;
+        for (seed, result) in rx {
+            pending.insert(seed, result);
+            while let Some(result) = pending.remove(&expect) {
+                match result {
+                    Ok(report) => {
+                        if json {
+                            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                        } else {
+                            println!("{}", report.line());
+                        }
+                        match report.verdict() {
+                            "ok" => counts.0 += 1,
+                            "UNSAFE" => counts.1 += 1,
+                            _ => counts.2 += 1,
+                        }
+                    }
+                    Err(e) => {
+                        if first_error.is_none() {
+                            first_error = Some(e);
+                        }
+                    }
+                }
+                expect += 1;
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if !json {
+        println!(
+            "summary: seeds={} ok={} unsafe={} stalled={}",
+            last - first + 1,
+            counts.0,
+            counts.1,
+            counts.2
+        );
+    }
+    Ok(if counts.1 > 0 {
+        crate::cli::EXIT_UNSAFE
+    } else if counts.2 > 0 {
+        EXIT_STALLED
+    } else {
+        0
+    })
+}
