@@ -55,10 +55,19 @@ impl Cluster {
 
     /// Writes a testnet of `n` raft nodes with `clients` permitted client keys.
     pub fn raft_with_clients(n: usize, clients: usize) -> Cluster {
+        Cluster::write("raft", n, clients)
+    }
+
+    /// Writes a testnet of `n` pbft nodes (not started).
+    pub fn pbft(n: usize) -> Cluster {
+        Cluster::write("pbft", n, 1)
+    }
+
+    fn write(protocol: &str, n: usize, clients: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base(n);
         let out = Command::new(bin())
-            .args(["testnet", "--protocol", "raft", "--nodes", &n.to_string()])
+            .args(["testnet", "--protocol", protocol, "--nodes", &n.to_string()])
             .arg("--dir")
             .arg(dir.path())
             .args(["--base-port", &base.to_string()])
