@@ -457,19 +457,25 @@ fn pbft_cluster_commits_with_f_plus_1_signed_replies_and_survives_a_crashed_back
     );
 }
 
-/// A quick throughput/latency figure, not a pass/fail check: 4 writers post batches of
-/// `BATCH` transactions to the leader for a few seconds. Run with
-/// `FAULTLINE_BIN=target/release/faultline cargo test --test runtime -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn raft_throughput_figure() {
+/// A quick throughput/latency figure, not a pass/fail check: 4 writers (one client key each)
+/// post batches of `BATCH` transactions to one node for a few seconds. Run with
+/// `FAULTLINE_BIN=target/release/faultline cargo test --test runtime figure -- --ignored --nocapture`.
+fn throughput_figure(protocol: &str, n: usize) {
     const BATCH: u64 = 500;
     const WRITERS: u64 = 4;
-    let mut c = Cluster::raft_with_clients(3, WRITERS as usize);
+    let mut c = Cluster::write(protocol, n, WRITERS as usize);
     c.start_all();
-    let all = [0, 1, 2];
-    let leader = c.wait_leader(&all, T);
-    let api = c.api(leader);
+    let all: Vec<usize> = (0..n).collect();
+    let target = if protocol == "raft" {
+        c.wait_leader(&all, T)
+    } else {
+        wait_for(T, "a connected cluster", || {
+            all.iter()
+                .all(|&i| c.status(i).is_some_and(|s| s["peers_connected"] == n - 1))
+                .then_some(0)
+        })
+    };
+    let api = c.api(target);
     let run_for = Duration::from_secs(5);
     let start = Instant::now();
     let writers: Vec<_> = (0..WRITERS)
@@ -504,11 +510,23 @@ fn raft_throughput_figure() {
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort();
-    let (_h, _) = c.wait_converged(&all, 1, T);
+    c.wait_converged(&all, 1, T);
     eprintln!(
-        "raft n=3: {total} txs in {secs:.1}s = {:.0} tx/s; batch-of-{BATCH} latency p50 {:?} p99 {:?}",
+        "{protocol} n={n}: {total} txs in {secs:.1}s = {:.0} tx/s; batch-of-{BATCH} latency p50 {:?} p99 {:?}",
         total as f64 / secs,
         lat.get(lat.len() / 2),
         lat.get(lat.len() * 99 / 100)
     );
+}
+
+#[test]
+#[ignore]
+fn raft_throughput_figure() {
+    throughput_figure("raft", 3);
+}
+
+#[test]
+#[ignore]
+fn pbft_throughput_figure() {
+    throughput_figure("pbft", 4);
 }

@@ -63,7 +63,8 @@ impl Cluster {
         Cluster::write("pbft", n, 1)
     }
 
-    fn write(protocol: &str, n: usize, clients: usize) -> Cluster {
+    /// Writes a testnet of `n` nodes of `protocol` with `clients` client keys (not started).
+    pub fn write(protocol: &str, n: usize, clients: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base(n);
         let out = Command::new(bin())
