@@ -455,6 +455,12 @@ fn pbft_cluster_commits_with_f_plus_1_signed_replies_and_survives_a_crashed_back
         block["certificate"].is_object(),
         "pbft blocks carry a certificate: {block}"
     );
+    let (_, metrics) = support::http_raw(&c.api(1), "GET", "/metrics", None).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    for kind in ["pre_prepare", "prepare", "commit"] {
+        let line = format!("faultline_messages_received_total{{type=\"{kind}\"}}");
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
 }
 
 /// A quick throughput/latency figure, not a pass/fail check: 4 writers (one client key each)

@@ -374,4 +374,36 @@ impl Engine for PbftEngine {
     fn leader_changes(&self) -> u64 {
         self.view_changes
     }
+
+    fn message_kind(&self, bytes: &[u8]) -> &'static str {
+        message_kind(bytes)
+    }
+}
+
+/// The snake_case name of an encoded PBFT message (`SignedMessage` on the wire: the payload
+/// bytes come first, and a payload starts with its `Payload` variant index), read without
+/// decoding or verifying the message; "unknown" if it does not parse.
+pub fn message_kind(bytes: &[u8]) -> &'static str {
+    /// `faultline_bft::Payload` variants in declaration order (append-only there).
+    const NAMES: [&str; 9] = [
+        "request",
+        "pre_prepare",
+        "prepare",
+        "commit",
+        "checkpoint",
+        "view_change",
+        "new_view",
+        "state_request",
+        "state_response",
+    ];
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        payload: &'a [u8],
+    }
+    postcard::take_from_bytes::<Envelope<'_>>(bytes)
+        .ok()
+        .and_then(|(e, _)| postcard::take_from_bytes::<u32>(e.payload).ok())
+        .and_then(|(variant, _)| NAMES.get(variant as usize).copied())
+        .unwrap_or("unknown")
 }
