@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::engine::pbft::{check_block_certificate, KEY_CLUSTER};
 use crate::ledger::tx::verify_batch;
 use crate::ledger::{Block, Hash};
 use crate::store::{Store, StoreError};
@@ -18,6 +19,15 @@ pub enum Verdict {
 /// height, link to its predecessor, hash to its stored hash, and hold only validly signed
 /// transactions; the head must be the last block.
 pub fn verify_store(store: &Store) -> Result<Verdict, StoreError> {
+    // A PBFT node records the replica keys and f in its data dir, so certificates can be
+    // checked from the data dir alone.
+    let pbft: Option<(u64, Vec<[u8; 32]>)> = match store.engine_get(KEY_CLUSTER)? {
+        Some(bytes) => Some(
+            postcard::from_bytes(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("recorded cluster keys: {e}")))?,
+        ),
+        None => None,
+    };
     let base = store.base()?;
     let head = store.head()?;
     let mut prev = base.hash;
@@ -41,6 +51,11 @@ pub fn verify_store(store: &Store) -> Result<Verdict, StoreError> {
         }
         if let Err((i, e)) = verify_batch(&block.txs) {
             return bad(format!("transaction {i}: {e}"));
+        }
+        if let Some((f, keys)) = &pbft {
+            if let Err(e) = check_block_certificate(&block, keys, *f as usize) {
+                return bad(e);
+            }
         }
         prev = block.hash;
     }

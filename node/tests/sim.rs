@@ -178,3 +178,60 @@ fn raft_message_economy_is_2_n_minus_1_per_batch_plus_heartbeats() {
         r.height
     );
 }
+
+/// Every block a PBFT node stores carries 2f+1 valid commit signatures over exactly its
+/// transactions; tampering with the block or the certificate is caught by `faultline verify`'s
+/// check.
+#[test]
+fn pbft_blocks_carry_commit_certificates_that_verify_offline() {
+    use faultline_node::engine::pbft::check_block_certificate;
+    use faultline_node::verify::{verify_store, Verdict};
+    let (report, stores) = faultline_node::sim::Sim::new(SimConfig {
+        steps: 200,
+        ..SimConfig::new(Protocol::Pbft, 4, 3)
+    })
+    .unwrap()
+    .run_with_stores()
+    .unwrap();
+    must_be_ok(&report);
+    let cluster = faultline_node::sim::sim_cluster(Protocol::Pbft, 4, 2).unwrap();
+    let keys: Vec<[u8; 32]> = cluster.nodes.iter().map(|n| n.public_key).collect();
+    let store = &stores[0];
+    assert!(
+        matches!(verify_store(store).unwrap(), Verdict::Ok { height, .. } if height == report.height)
+    );
+    let block = store.block(5).unwrap().unwrap();
+    check_block_certificate(&block, &keys, 1).unwrap();
+
+    let mut b = block.clone();
+    b.certificate.as_mut().unwrap().commits[0].signature[3] ^= 1;
+    assert!(
+        check_block_certificate(&b, &keys, 1).is_err(),
+        "bad signature"
+    );
+    let mut b = block.clone();
+    b.certificate.as_mut().unwrap().commits.truncate(2);
+    assert!(
+        check_block_certificate(&b, &keys, 1).is_err(),
+        "only 2f signatures"
+    );
+    let mut b = block.clone();
+    let dup = b.certificate.as_ref().unwrap().commits[0].clone();
+    b.certificate.as_mut().unwrap().commits[1] = dup;
+    assert!(
+        check_block_certificate(&b, &keys, 1).is_err(),
+        "one signer counted twice"
+    );
+    let mut b = block.clone();
+    b.txs.pop();
+    assert!(
+        check_block_certificate(&b, &keys, 1).is_err(),
+        "transactions altered"
+    );
+    let mut b = block;
+    b.certificate = None;
+    assert!(
+        check_block_certificate(&b, &keys, 1).is_err(),
+        "no certificate"
+    );
+}

@@ -33,7 +33,8 @@ impl Checker {
         }
     }
 
-    fn flag(&mut self, height: u64, detail: String) {
+    /// Records a violation (lost writes and failed audits come from outside this checker).
+    pub fn flag(&mut self, height: u64, detail: String) {
         // Keep the lowest height: that is where the ledgers first diverge.
         if self.violation.as_ref().is_none_or(|v| height < v.height) {
             self.violation = Some(Violation { height, detail });
@@ -91,9 +92,5 @@ impl Checker {
 
     pub fn hash_at(&self, height: u64) -> Option<Hash> {
         self.chain.get(&height).map(|(h, _)| *h)
-    }
-
-    pub fn flag_lost_write(&mut self, height: u64, detail: String) {
-        self.flag(height, detail);
     }
 }

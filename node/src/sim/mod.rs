@@ -628,7 +628,13 @@ impl Sim {
     }
 
     /// Runs the fault phase, then heals and runs until the end; returns the report.
-    pub fn run(mut self) -> Result<SimReport, SimError> {
+    pub fn run(self) -> Result<SimReport, SimError> {
+        self.run_with_stores().map(|(report, _)| report)
+    }
+
+    /// [`Sim::run`], also handing back the stores of the correct nodes still running at the end
+    /// (for audits in tests).
+    pub fn run_with_stores(mut self) -> Result<(SimReport, Vec<Store>), SimError> {
         let heal_at = self.cfg.steps * TICK_US;
         let quiet_at = heal_at + (HEAL_TICKS - QUIET_TICKS) * TICK_US;
         let end = heal_at + HEAL_TICKS * TICK_US;
@@ -685,8 +691,9 @@ impl Sim {
         self.finish(height_at_heal)
     }
 
-    fn finish(mut self, height_at_heal: u64) -> Result<SimReport, SimError> {
+    fn finish(mut self, height_at_heal: u64) -> Result<(SimReport, Vec<Store>), SimError> {
         self.check_acked_writes();
+        self.audit_one_ledger();
         let height = self.checker.height();
         self.report.height = height;
         self.report.heal_commits = height.saturating_sub(height_at_heal);
@@ -695,7 +702,7 @@ impl Sim {
             self.report.live = false;
             self.report.first_diverging_height = Some(height);
             self.report.detail = Some(detail);
-            return Ok(self.report);
+            return Ok(self.into_parts());
         }
         // Liveness after stabilisation: new blocks after the heal, and every correct node
         // caught up to the same head.
@@ -736,7 +743,38 @@ impl Sim {
                 spread.join(" ")
             ));
         }
-        Ok(self.report)
+        Ok(self.into_parts())
+    }
+
+    fn into_parts(self) -> (SimReport, Vec<Store>) {
+        let stores = self
+            .nodes
+            .into_iter()
+            .filter(|n| n.byzantine.is_none())
+            .filter_map(|n| n.running.map(|(store, _)| store))
+            .collect();
+        (self.report, stores)
+    }
+
+    /// The first correct node's ledger must pass the offline audit of `faultline verify`: hash
+    /// chain, client signatures, and (pbft) a valid commit certificate on every block.
+    fn audit_one_ledger(&mut self) {
+        let first = self.nodes.iter().enumerate().find_map(|(i, n)| {
+            let (store, _) = n.running.as_ref().filter(|_| n.byzantine.is_none())?;
+            Some((i, store))
+        });
+        let Some((i, store)) = first else { return };
+        let finding = match crate::verify::verify_store(store) {
+            Ok(crate::verify::Verdict::Ok { .. }) => None,
+            Ok(crate::verify::Verdict::Bad { height, reason }) => Some((
+                height,
+                format!("node {i}'s ledger fails the audit at height {height}: {reason}"),
+            )),
+            Err(e) => Some((0, format!("node {i}'s store: {e}"))),
+        };
+        if let Some((height, detail)) = finding {
+            self.checker.flag(height, detail);
+        }
     }
 
     /// Every acknowledged write must be applied at every correct node that has caught up past
@@ -758,7 +796,7 @@ impl Sim {
                 }
                 let last = store.last_seq(&client).ok().flatten().unwrap_or(0);
                 if last < seq {
-                    self.checker.flag_lost_write(
+                    self.checker.flag(
                         height,
                         format!("lost acknowledged write: client {c} seq {seq} (acknowledged at height {height}) is missing at node {i}"),
                     );

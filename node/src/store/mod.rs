@@ -94,6 +94,9 @@ pub struct Head {
     pub hash: Hash,
 }
 
+/// One key/value pair of the engine's own durable state.
+pub type EngineRecord = (Vec<u8>, Vec<u8>);
+
 /// A change to the engine's own durable state (Raft term/vote/log, PBFT signed messages).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineOp {
@@ -350,7 +353,7 @@ impl Store {
     }
 
     /// All engine key/value records (PBFT restore, Raft hard state).
-    pub fn engine_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn engine_records(&self) -> Result<Vec<EngineRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(ENGINE_KV)?;
         let mut out = Vec::new();
