@@ -230,4 +230,16 @@ impl Engine for ByzantinePbft {
     fn leader_changes(&self) -> u64 {
         self.inner.leader_changes()
     }
+
+    fn message_kind(&self, bytes: &[u8]) -> &'static str {
+        self.inner.message_kind(bytes)
+    }
+
+    fn read_index(&mut self, ctx: u64) -> Result<bool, ProposeError> {
+        self.inner.read_index(ctx)
+    }
+
+    fn ready_reads(&mut self) -> Vec<u64> {
+        self.inner.ready_reads()
+    }
 }
