@@ -52,7 +52,8 @@ impl LedgerApp {
         self.permitted.contains(&tx.client).then_some(tx)
     }
 
-    fn remember(&self, hashes: &[[u8; 32]]) {
+    /// Marks transactions whose signatures were checked (by this app or by the caller).
+    pub fn remember(&self, hashes: &[[u8; 32]]) {
         if let Ok(mut v) = self.verified.lock() {
             if v.len() + hashes.len() > VERIFIED_CACHE {
                 v.clear();
@@ -286,6 +287,10 @@ impl Engine for PbftEngine {
     }
 
     fn propose(&mut self, txs: Vec<Tx>) -> Result<(), ProposeError> {
+        // The caller checked these signatures (the API batch-verifies every request): record
+        // them so neither `submit` nor the pre-prepare's batch check verifies them again.
+        let hashes: Vec<[u8; 32]> = txs.iter().map(Tx::hash).collect();
+        self.replica.app().remember(&hashes);
         for tx in txs {
             let bytes = postcard::to_allocvec(&tx).unwrap_or_default();
             match self.replica.submit(bytes) {

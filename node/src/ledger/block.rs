@@ -82,7 +82,19 @@ impl Block {
         txs: Vec<Tx>,
         certificate: Option<Certificate>,
     ) -> Block {
-        let hash = block_hash(height, &prev_hash, &batch_digest(&txs));
+        let hashes: Vec<Hash> = txs.iter().map(Tx::hash).collect();
+        Self::with_tx_hashes(height, prev_hash, txs, certificate, &hashes)
+    }
+
+    /// [`Block::new`] for a caller that already holds the transactions' hashes.
+    pub fn with_tx_hashes(
+        height: u64,
+        prev_hash: Hash,
+        txs: Vec<Tx>,
+        certificate: Option<Certificate>,
+        tx_hashes: &[Hash],
+    ) -> Block {
+        let hash = block_hash(height, &prev_hash, &batch_digest_of_hashes(tx_hashes));
         Block {
             height,
             prev_hash,

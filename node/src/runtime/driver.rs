@@ -203,11 +203,11 @@ impl Driver {
         let metrics = &self.shared.metrics;
         for ab in applied {
             let height = ab.block.height;
-            for (tx, outcome) in ab.block.txs.iter().zip(&ab.outcomes) {
+            for ((tx, outcome), hash) in ab.block.txs.iter().zip(&ab.outcomes).zip(&ab.tx_hashes) {
+                let hash = *hash;
                 if outcome.is_some() {
                     metrics.committed_txs.inc();
                 }
-                let hash = tx.hash();
                 let Some(p) = st.pending.remove(&hash) else {
                     continue;
                 };

@@ -159,6 +159,8 @@ impl WriteBatch {
 pub struct AppliedBlock {
     pub block: Block,
     pub outcomes: Vec<Option<TxOutcome>>,
+    /// `block.txs[i].hash()`, computed once at commit.
+    pub tx_hashes: Vec<Hash>,
 }
 
 /// One node's durable store.
@@ -166,39 +168,52 @@ pub struct Store {
     db: Database,
 }
 
-struct WriteState<'a> {
-    txn: &'a WriteTransaction,
+/// The ledger tables of one write transaction, opened once per commit (opening a redb table
+/// per read or write would cost more than the write itself).
+struct LedgerTables<'t> {
+    kv: redb::Table<'t, &'static str, &'static str>,
+    balances: redb::Table<'t, &'static str, u64>,
+    client_seq: redb::Table<'t, &'static [u8], u64>,
+    tx_results: redb::Table<'t, &'static [u8], &'static [u8]>,
+    blocks: redb::Table<'t, u64, &'static [u8]>,
 }
 
-impl StateAccess for WriteState<'_> {
+impl<'t> LedgerTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(LedgerTables {
+            kv: txn.open_table(KV)?,
+            balances: txn.open_table(BALANCES)?,
+            client_seq: txn.open_table(CLIENT_SEQ)?,
+            tx_results: txn.open_table(TX_RESULTS)?,
+            blocks: txn.open_table(BLOCKS)?,
+        })
+    }
+}
+
+impl StateAccess for LedgerTables<'_> {
     type Error = StoreError;
     fn balance(&mut self, account: &str) -> Result<u64, StoreError> {
-        let t = self.txn.open_table(BALANCES)?;
-        let v = t.get(account)?.map(|v| v.value()).unwrap_or(0);
+        let v = self.balances.get(account)?.map(|v| v.value()).unwrap_or(0);
         Ok(v)
     }
     fn set_balance(&mut self, account: &str, amount: u64) -> Result<(), StoreError> {
-        let mut t = self.txn.open_table(BALANCES)?;
-        t.insert(account, amount)?;
+        self.balances.insert(account, amount)?;
         Ok(())
     }
     fn put(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.txn.open_table(KV)?.insert(key, value)?;
+        self.kv.insert(key, value)?;
         Ok(())
     }
     fn delete(&mut self, key: &str) -> Result<(), StoreError> {
-        self.txn.open_table(KV)?.remove(key)?;
+        self.kv.remove(key)?;
         Ok(())
     }
     fn last_seq(&mut self, client: &[u8; 32]) -> Result<Option<u64>, StoreError> {
-        let t = self.txn.open_table(CLIENT_SEQ)?;
-        let v = t.get(client.as_slice())?.map(|v| v.value());
+        let v = self.client_seq.get(client.as_slice())?.map(|v| v.value());
         Ok(v)
     }
     fn set_last_seq(&mut self, client: &[u8; 32], seq: u64) -> Result<(), StoreError> {
-        self.txn
-            .open_table(CLIENT_SEQ)?
-            .insert(client.as_slice(), seq)?;
+        self.client_seq.insert(client.as_slice(), seq)?;
         Ok(())
     }
 }
@@ -461,38 +476,50 @@ impl Store {
                 .ok_or_else(|| StoreError::Corrupt("missing head".into()))?;
             decode("head", v.value())?
         };
+        let mut tables = LedgerTables::open(txn)?;
         for nb in batch.blocks {
-            let block = Block::new(head.height + 1, head.hash, nb.txs, nb.certificate);
-            let mut state = WriteState { txn };
+            // Each tx hash is computed once: for the block hash, the records and the waiters.
+            let tx_hashes: Vec<Hash> = nb.txs.iter().map(Tx::hash).collect();
+            let block = Block::with_tx_hashes(
+                head.height + 1,
+                head.hash,
+                nb.txs,
+                nb.certificate,
+                &tx_hashes,
+            );
             let mut outcomes = Vec::with_capacity(block.txs.len());
-            {
-                for tx in &block.txs {
-                    let outcome = match apply_tx(&mut state, tx)? {
-                        Applied::Applied(o) => Some(o),
-                        Applied::Duplicate => None,
+            for (tx, tx_hash) in block.txs.iter().zip(&tx_hashes) {
+                let outcome = match apply_tx(&mut tables, tx)? {
+                    Applied::Applied(o) => Some(o),
+                    Applied::Duplicate => None,
+                };
+                if let Some(o) = &outcome {
+                    let rec = TxRecord {
+                        height: block.height,
+                        tx_hash: *tx_hash,
+                        outcome: o.clone(),
                     };
-                    if let Some(o) = &outcome {
-                        let rec = TxRecord {
-                            height: block.height,
-                            tx_hash: tx.hash(),
-                            outcome: o.clone(),
-                        };
-                        txn.open_table(TX_RESULTS)?.insert(
-                            client_seq_key(&tx.client, tx.seq).as_slice(),
-                            encode(&rec).as_slice(),
-                        )?;
-                    }
-                    outcomes.push(outcome);
+                    tables.tx_results.insert(
+                        client_seq_key(&tx.client, tx.seq).as_slice(),
+                        encode(&rec).as_slice(),
+                    )?;
                 }
+                outcomes.push(outcome);
             }
-            txn.open_table(BLOCKS)?
+            tables
+                .blocks
                 .insert(block.height, encode(&block).as_slice())?;
             head = Head {
                 height: block.height,
                 hash: block.hash,
             };
-            applied.push(AppliedBlock { block, outcomes });
+            applied.push(AppliedBlock {
+                block,
+                outcomes,
+                tx_hashes,
+            });
         }
+        drop(tables);
         txn.open_table(META)?
             .insert(META_HEAD, encode(&head).as_slice())?;
         Ok(applied)
