@@ -27,7 +27,7 @@ fn must_be_ok(r: &SimReport) {
 
 #[test]
 fn raft_survives_crashes_partitions_and_drops() {
-    for seed in 1..=seeds(60) {
+    for seed in 1..=seeds(200) {
         let r = run(faulty(Protocol::Raft, 5, seed)).unwrap();
         must_be_ok(&r);
         assert!(
@@ -53,7 +53,7 @@ fn the_same_seed_gives_the_same_run_byte_for_byte() {
 
 #[test]
 fn pbft_survives_crashes_partitions_and_drops() {
-    for seed in 1..=seeds(60) / 3 {
+    for seed in 1..=seeds(200) / 10 {
         let r = run(faulty(Protocol::Pbft, 4, seed)).unwrap();
         must_be_ok(&r);
         assert!(r.height >= 100, "seed {seed}: {}", r.line());
@@ -62,7 +62,7 @@ fn pbft_survives_crashes_partitions_and_drops() {
 
 #[test]
 fn pbft_stays_safe_and_live_with_each_byzantine_mode_as_primary_and_backup() {
-    let per = (seeds(60) / 20).max(2);
+    let per = (seeds(200) / 60).max(2);
     for mode in ByzantineMode::ALL {
         for node in [0, 1] {
             for seed in 1..=per {
