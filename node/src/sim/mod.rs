@@ -711,24 +711,27 @@ impl Sim {
             if node.byzantine.is_some() {
                 continue;
             }
-            if let Some((store, _)) = &node.running {
+            if let Some((store, engine)) = &node.running {
                 if let Ok(head) = store.head() {
-                    heads.push((i, head));
+                    heads.push((i, head, engine.status()));
                 }
             }
         }
         // What each protocol owes its clients once faults stop: raft, a majority of nodes on the
         // newest head; pbft, f+1 correct replicas on it (a client's f+1 matching replies) —
         // a replica that missed commits catches up at the next checkpoint (state transfer).
-        let newest = heads.iter().map(|(_, h)| h.height).max().unwrap_or(0);
-        let on_newest = heads.iter().filter(|(_, h)| h.height == newest).count();
+        let newest = heads.iter().map(|(_, h, _)| h.height).max().unwrap_or(0);
+        let on_newest = heads.iter().filter(|(_, h, _)| h.height == newest).count();
         let owed = match self.cfg.protocol {
             Protocol::Raft => self.cfg.nodes / 2 + 1,
             Protocol::Pbft => self.cluster.f + 1,
         };
         let spread: Vec<String> = heads
             .iter()
-            .map(|(i, h)| format!("{i}:{}", h.height))
+            .map(|(i, h, st)| {
+                let epoch = st.view.or(st.term).unwrap_or(0);
+                format!("{i}:{}({} {epoch})", h.height, st.role)
+            })
             .collect();
         if self.report.heal_commits == 0 || on_newest < owed {
             self.report.live = false;
