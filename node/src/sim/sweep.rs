@@ -2,7 +2,8 @@
 //! is as reproducible as each seed).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use super::{run, SimConfig, SimError, SimReport};
@@ -15,16 +16,18 @@ pub const EXIT_STALLED: u8 = 4;
 pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<u8, SimError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = AtomicU64::new(first);
+    // Set when stdout is gone (e.g. piped into `head`): stop quietly instead of panicking.
+    let closed = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(u64, Result<SimReport, SimError>)>();
     let mut counts = (0u64, 0u64, 0u64);
     let mut first_error = None;
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let next = &next;
+            let (next, closed) = (&next, &closed);
             scope.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed > last {
+                if seed > last || closed.load(Ordering::SeqCst) {
                     return;
                 }
                 let cfg = SimConfig {
@@ -39,15 +42,19 @@ pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<
         drop(tx);
         let mut pending = BTreeMap::new();
         let mut expect = first;
+        let mut out = std::io::stdout().lock();
         for (seed, result) in rx {
             pending.insert(seed, result);
             while let Some(result) = pending.remove(&expect) {
                 match result {
                     Ok(report) => {
-                        if json {
-                            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                        let line = if json {
+                            serde_json::to_string(&report).unwrap_or_default()
                         } else {
-                            println!("{}", report.line());
+                            report.line()
+                        };
+                        if writeln!(out, "{line}").is_err() {
+                            closed.store(true, Ordering::SeqCst);
                         }
                         match report.verdict() {
                             "ok" => counts.0 += 1,
@@ -68,8 +75,9 @@ pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<
     if let Some(e) = first_error {
         return Err(e);
     }
-    if !json {
-        println!(
+    if !json && !closed.load(Ordering::SeqCst) {
+        let _ = writeln!(
+            std::io::stdout(),
             "summary: seeds={} ok={} unsafe={} stalled={}",
             last - first + 1,
             counts.0,
