@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use tokio::signal::unix::{signal, SignalKind};
+
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::config::Protocol;
 use crate::faults::{ByzantineMode, ByzantineSpec};
@@ -159,7 +161,7 @@ impl Summary {
 
     pub fn header() -> String {
         format!(
-            "{:<10} {:<8} {:>5} {:<28} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}  {}",
+            "{:<10} {:<8} {:>5} {:<34} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}  {}",
             "scenario",
             "protocol",
             "nodes",
@@ -182,7 +184,7 @@ impl Summary {
             verdict.push_str(&format!(" ({} acked tx lost)", self.acked_missing));
         }
         format!(
-            "{:<10} {:<8} {:>5} {:<28} {:>9} {:>8.0} {:>8.1} {:>8.1} {:>8.2} {:>9.0}  {}",
+            "{:<10} {:<8} {:>5} {:<34} {:>9} {:>8.0} {:>8.1} {:>8.1} {:>8.2} {:>9.0}  {}",
             self.scenario,
             self.protocol,
             self.nodes,
@@ -235,11 +237,12 @@ pub async fn run_scenario(sc: &Scenario) -> Result<Summary> {
         // Enough for ~15k tx/s per client-count-of-4 over the window, signed up front.
         max_txs_per_client: ((sc.duration.as_secs_f64() * 4000.0) as usize).max(1000),
     };
+    let prepared = workload::prepare(&keys, &spec).await;
     let before = cluster.message_totals().await;
     let height_before = max_height(&cluster).await;
     let config = cluster.config.clone();
     let faults = run_faults(&mut cluster, sc);
-    let load = workload::run(&config, &keys, &spec, &http);
+    let load = workload::run(&config, prepared, &http);
     let (fault_result, report) = tokio::join!(faults, load);
     fault_result?;
     let after = cluster.message_totals().await;
@@ -359,9 +362,14 @@ pub fn block_on_interruptible<T>(fut: impl std::future::Future<Output = Result<T
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
+        // Registered before the work starts, so a signal never hits the default handler (which
+        // would end this process and orphan the nodes).
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
             r = fut => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; every node process was stopped"),
+            _ = int.recv() => bail!("interrupted; every node process was stopped"),
+            _ = term.recv() => bail!("terminated; every node process was stopped"),
         }
     })
 }

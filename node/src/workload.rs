@@ -131,13 +131,16 @@ fn presign(
     })
 }
 
-/// Runs the workload against `cluster` and returns what was acknowledged.
-pub async fn run(
-    cluster: &ClusterConfig,
-    keys: &[SigningKey],
-    spec: &WorkloadSpec,
-    http: &reqwest::Client,
-) -> WorkloadReport {
+/// Pre-signed, pre-encoded requests of every client and their pacing.
+pub struct Prepared {
+    batches: Vec<Vec<Batch>>,
+    interval: Option<Duration>,
+    duration: Duration,
+    paced: bool,
+}
+
+/// Signs and encodes every request up front, before the measured window.
+pub async fn prepare(keys: &[SigningKey], spec: &WorkloadSpec) -> Prepared {
     let k = keys.len().max(1);
     let secs = spec.duration.as_secs_f64();
     // Paced: 20 requests per second per client; saturating: fixed batches, bounded pre-signing.
@@ -151,10 +154,34 @@ pub async fn run(
         }
         None => (spec.batch.max(1), spec.max_txs_per_client.max(1), None),
     };
-    let batches = presign(keys, per_client, batch, spec.payload);
+    // Off the async threads, so Ctrl-C stays responsive meanwhile.
+    let (owned, payload) = (keys.to_vec(), spec.payload);
+    let batches = tokio::task::spawn_blocking(move || presign(&owned, per_client, batch, payload))
+        .await
+        .unwrap_or_default();
+    Prepared {
+        batches,
+        interval,
+        duration: spec.duration,
+        paced: spec.rate.is_some(),
+    }
+}
+
+/// Runs the prepared workload against `cluster` and returns what was acknowledged.
+pub async fn run(
+    cluster: &ClusterConfig,
+    prepared: Prepared,
+    http: &reqwest::Client,
+) -> WorkloadReport {
+    let Prepared {
+        batches,
+        interval,
+        duration,
+        paced,
+    } = prepared;
     let leader = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let stop_sending = start + spec.duration;
+    let stop_sending = start + duration;
     let give_up = stop_sending + GRACE;
     let mut tasks = tokio::task::JoinSet::new();
     for client_batches in batches {
@@ -207,8 +234,8 @@ pub async fn run(
         all.elapsed = all.elapsed.max(r.elapsed);
     }
     // A paced run is measured over its window even if the cluster kept up early.
-    if spec.rate.is_some() {
-        all.elapsed = all.elapsed.max(spec.duration);
+    if paced {
+        all.elapsed = all.elapsed.max(duration);
     }
     all.latencies_us.sort_unstable();
     all
