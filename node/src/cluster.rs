@@ -355,10 +355,9 @@ impl LocalCluster {
         }
     }
 
-    /// Sums `faultline_messages_sent_total` and `faultline_message_bytes_sent_total` (all
-    /// types) over the nodes that answer.
-    pub async fn message_totals(&self) -> (f64, f64) {
-        let (mut msgs, mut bytes) = (0.0, 0.0);
+    /// Sums the sent-message counters over the nodes that answer.
+    pub async fn message_totals(&self) -> MessageTotals {
+        let mut total = MessageTotals::default();
         for node in &self.config.nodes {
             let Ok(resp) = self
                 .http
@@ -372,11 +371,9 @@ impl LocalCluster {
             let Ok(text) = resp.text().await else {
                 continue;
             };
-            let (m, b) = parse_message_totals(&text);
-            msgs += m;
-            bytes += b;
+            total.add(&parse_message_totals(&text));
         }
-        (msgs, bytes)
+        total
     }
 
     /// The correct (non-Byzantine) nodes that are running.
@@ -500,23 +497,60 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Sums the sent-message and sent-byte counters of one node's Prometheus text.
-pub fn parse_message_totals(text: &str) -> (f64, f64) {
-    let (mut msgs, mut bytes) = (0.0, 0.0);
-    for line in text.lines() {
-        let value = || {
-            line.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        if line.starts_with("faultline_messages_sent_total") {
-            msgs += value();
-        } else if line.starts_with("faultline_message_bytes_sent_total") {
-            bytes += value();
+/// Message types that relay a client's transaction between nodes rather than run consensus
+/// on a batch (PBFT backups hand every request they receive to the primary).
+pub const CLIENT_RELAY_TYPES: [&str; 1] = ["request"];
+
+/// Sent-message counters, summed over types (and nodes).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MessageTotals {
+    /// Every message sent (`faultline_messages_sent_total`, all types).
+    pub messages: f64,
+    /// Every byte sent (`faultline_message_bytes_sent_total`, all types).
+    pub bytes: f64,
+    /// Messages of the consensus protocol proper: all types but the client relays.
+    pub protocol_messages: f64,
+}
+
+impl MessageTotals {
+    pub fn add(&mut self, o: &MessageTotals) {
+        self.messages += o.messages;
+        self.bytes += o.bytes;
+        self.protocol_messages += o.protocol_messages;
+    }
+
+    /// `self - before`, floored at zero (a restarted node's counters start again at zero).
+    pub fn since(&self, before: &MessageTotals) -> MessageTotals {
+        MessageTotals {
+            messages: (self.messages - before.messages).max(0.0),
+            bytes: (self.bytes - before.bytes).max(0.0),
+            protocol_messages: (self.protocol_messages - before.protocol_messages).max(0.0),
         }
     }
-    (msgs, bytes)
+}
+
+/// Sums the sent-message and sent-byte counters of one node's Prometheus text.
+pub fn parse_message_totals(text: &str) -> MessageTotals {
+    let mut t = MessageTotals::default();
+    for line in text.lines() {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if line.starts_with("faultline_messages_sent_total") {
+            t.messages += value;
+            let relay = CLIENT_RELAY_TYPES
+                .iter()
+                .any(|k| line.contains(&format!("type=\"{k}\"")));
+            if !relay {
+                t.protocol_messages += value;
+            }
+        } else if line.starts_with("faultline_message_bytes_sent_total") {
+            t.bytes += value;
+        }
+    }
+    t
 }
 
 #[cfg(test)]
@@ -526,7 +560,14 @@ mod tests {
     #[test]
     fn sums_sent_counters_of_every_type() {
         let text = "# HELP x\nfaultline_messages_sent_total{type=\"prepare\"} 10\nfaultline_messages_sent_total{type=\"commit\"} 5\nfaultline_message_bytes_sent_total{type=\"commit\"} 700\nfaultline_messages_received_total{type=\"commit\"} 99\n";
-        assert_eq!(parse_message_totals(text), (15.0, 700.0));
+        let t = parse_message_totals(text);
+        assert_eq!(
+            (t.messages, t.bytes, t.protocol_messages),
+            (15.0, 700.0, 15.0)
+        );
+        let relay = "faultline_messages_sent_total{type=\"request\"} 7\nfaultline_messages_sent_total{type=\"commit\"} 5\n";
+        let t = parse_message_totals(relay);
+        assert_eq!((t.messages, t.protocol_messages), (12.0, 5.0));
     }
 
     #[test]
