@@ -70,8 +70,8 @@ pub struct SafetyReport {
 
 /// A running cluster of child processes; dropping it kills every child.
 pub struct LocalCluster {
-    /// Keeps a temporary directory alive (and removes it on drop).
-    _tmp: Option<tempfile::TempDir>,
+    /// Keeps a temporary directory alive (and removes it on drop, unless kept).
+    tmp: Option<tempfile::TempDir>,
     pub dir: PathBuf,
     pub config: ClusterConfig,
     pub byzantine: Vec<u64>,
@@ -154,7 +154,7 @@ impl LocalCluster {
         }
         let config = ClusterConfig::load(&cluster_path).map_err(|e| io_err(&cluster_path, e))?;
         Ok(LocalCluster {
-            _tmp: tmp,
+            tmp,
             dir,
             config,
             byzantine: spec.byzantine.iter().map(|b| b.node).collect(),
@@ -162,6 +162,15 @@ impl LocalCluster {
             exe: std::env::current_exe().map_err(ClusterError::Exe)?,
             http: http_client()?,
         })
+    }
+
+    /// Keeps the directory (and its node logs) after the cluster is gone, e.g. after a failure
+    /// worth investigating; returns where it is.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(t) = self.tmp.take() {
+            let _ = t.keep();
+        }
+        self.dir.clone()
     }
 
     pub fn n(&self) -> usize {
@@ -327,6 +336,8 @@ impl LocalCluster {
         }
     }
 
+    /// Byzantine nodes must answer and connect, but only the correct ones need to agree on the
+    /// leader (a `disrupt` node may never settle).
     async fn ready(&self) -> bool {
         let running: Vec<usize> = (0..self.n()).filter(|&i| self.is_running(i)).collect();
         let mut leader = None;
@@ -334,8 +345,11 @@ impl LocalCluster {
             let Some(s) = self.status(i).await else {
                 return false;
             };
-            if s["peers_connected"].as_u64() < Some(running.len() as u64 - 1) {
+            if s["peers_connected"].as_u64() < Some(running.len().saturating_sub(1) as u64) {
                 return false;
+            }
+            if self.is_byzantine(i as u64) {
+                continue;
             }
             let Some(l) = s["leader"].as_u64() else {
                 return false;

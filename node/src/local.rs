@@ -219,13 +219,17 @@ pub async fn run_scenario(sc: &Scenario) -> Result<Summary> {
         dir: sc.dir.clone(),
         eager_leader: eager,
     })?;
-    cluster.start(STARTUP).await.with_context(|| {
-        format!(
-            "the {} cluster did not start (node logs in {})",
-            sc.protocol,
-            cluster.dir.display()
-        )
-    })?;
+    if let Err(e) = cluster.start(STARTUP).await {
+        cluster.kill_all();
+        let dir = cluster.keep_dir();
+        return Err(e).with_context(|| {
+            format!(
+                "the {} cluster did not start (node logs kept in {})",
+                sc.protocol,
+                dir.display()
+            )
+        });
+    }
     let keys = (0..sc.clients.max(1))
         .map(|j| crate::keys::read_key(&cluster.dir.join(format!("client-{j}.key"))))
         .collect::<Result<Vec<_>, _>>()?;
@@ -454,4 +458,30 @@ pub fn demo(dir: Option<PathBuf>) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_times_parse_node_or_leader() {
+        let f: FaultAt = "1@2.5".parse().unwrap();
+        assert_eq!((f.target, f.at), (Target::Node(1), 2.5));
+        let f: FaultAt = "leader@4".parse().unwrap();
+        assert_eq!((f.target, f.at), (Target::Leader, 4.0));
+        for bad in ["1", "x@2", "1@-1", "1@soon", "1@inf"] {
+            assert!(bad.parse::<FaultAt>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_byzantine_raft_node_is_made_the_eager_leader_but_not_in_pbft() {
+        let mut sc = Scenario::new(Protocol::Raft, 3, Duration::from_secs(1));
+        sc.byzantine = vec!["2=equivocate".parse().unwrap()];
+        assert_eq!(raft_eager_leader(&sc), Some(2));
+        sc.protocol = Protocol::Pbft;
+        assert_eq!(raft_eager_leader(&sc), None);
+        assert_eq!(sc.faults(), "byz 2=equivocate");
+    }
 }
