@@ -43,6 +43,9 @@ pub fn bench(spec: &BenchSpec) -> Result<Vec<Summary>> {
             runs.push((p, n));
         }
     }
+    if runs.is_empty() {
+        anyhow::bail!("no size in --nodes is large enough for the chosen protocol (pbft needs at least 4 nodes)");
+    }
     let bar = indicatif::ProgressBar::new(runs.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
