@@ -189,3 +189,64 @@ fn demo_runs_to_the_end() {
         "{stdout}"
     );
 }
+
+/// Processes whose command line mentions `needle` (the node processes of a cluster dir).
+fn processes_mentioning(needle: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(needle))
+        .count()
+}
+
+#[test]
+fn sigint_stops_every_node_process() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("c");
+    let d_s = d.to_str().expect("utf-8 path").to_string();
+    // Only the node processes name a node dir (`--config <d>/node-<i>/node.toml`).
+    let nodes = format!("{d_s}/node-");
+    let mut child = Command::new(BIN)
+        .args([
+            "local",
+            "--protocol",
+            "raft",
+            "--duration",
+            "60",
+            "--dir",
+            &d_s,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn faultline local");
+    let start = Instant::now();
+    while processes_mentioning(&nodes) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the nodes never started"
+        );
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "local exited early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        processes_mentioning(&d_s),
+        0,
+        "node processes outlived local"
+    );
+}
