@@ -110,12 +110,93 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A whole cluster on this machine (child processes over libp2p on loopback) with a client
+    /// workload and the faults asked for; prints one summary row. Exit 0 safe, 3 unsafe.
+    Local {
+        /// Consensus protocol of the cluster.
+        #[arg(long, value_enum)]
+        protocol: Protocol,
+        /// Number of nodes (default: 3 for raft, 4 for pbft).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Seconds of client workload.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Target transactions per second over all clients (default: as fast as acknowledged).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Concurrent workload clients, each with its own key.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Make node I run a misbehaviour (I=MODE; MODE: silent, equivocate, forge, corrupt,
+        /// ack-without-store, disrupt). Repeatable. A Byzantine raft node is made the leader.
+        #[arg(long, value_name = "I=MODE")]
+        byzantine: Vec<ByzantineSpec>,
+        /// Kill -9 node I (or `leader`, whoever leads then) SECS into the workload. Repeatable.
+        #[arg(long, value_name = "I@SECS")]
+        crash: Vec<crate::local::FaultAt>,
+        /// Restart node I (or `leader`, the node crashed as leader) SECS into the workload.
+        #[arg(long, value_name = "I@SECS")]
+        restart: Vec<crate::local::FaultAt>,
+        /// Directory for the testnet and node logs (kept); default: a temporary one (removed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print one JSON object instead of a table row.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The showcase: a 4-node PBFT and a 3-node Raft cluster, each run normally, with its
+    /// leader/primary crashed and restarted, and with an equivocating leader/primary; prints a
+    /// side-by-side table with the safety verdicts.
+    Demo {
+        /// Keep every scenario's testnet and logs under DIR (default: temporary, removed).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Throughput, latency and messages per committed tx/batch for each cluster size; writes
+    /// OUT/results.csv, messages_per_tx.svg, throughput.svg and latency.svg.
+    Bench {
+        /// raft, pbft or both.
+        #[arg(long, value_enum, default_value = "both")]
+        protocol: BenchProtocol,
+        /// Cluster sizes, comma separated (e.g. 3,4,7,10); sizes below a protocol's minimum are skipped.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<usize>,
+        /// Seconds of saturating workload per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Concurrent workload clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Bytes of each transaction's value.
+        #[arg(long, default_value_t = 16)]
+        payload: usize,
+        /// Output directory.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
     /// Offline audit of one node's data dir: hash chain, client signatures, commit certificates.
     Verify {
         /// The node's data dir (node.toml's data_dir).
         #[arg(long)]
         data: PathBuf,
     },
+}
+
+/// `--protocol` of `bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchProtocol {
+    Raft,
+    Pbft,
+    Both,
+}
+
+/// A positive, finite number of seconds.
+fn seconds(secs: f64) -> Result<std::time::Duration> {
+    if !(secs.is_finite() && secs > 0.0) {
+        anyhow::bail!("--duration must be a positive number of seconds, got {secs}");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// Entry point of the binary.
@@ -214,6 +295,71 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let code = crate::sim::sweep::run_sweep(&base, seeds.first, seeds.last, json)?;
             Ok(ExitCode::from(code))
+        }
+        Command::Local {
+            protocol,
+            nodes,
+            duration,
+            rate,
+            clients,
+            byzantine,
+            crash,
+            restart,
+            dir,
+            json,
+        } => {
+            let n = nodes.unwrap_or(match protocol {
+                Protocol::Raft => 3,
+                Protocol::Pbft => 4,
+            });
+            if let Some(r) = rate {
+                if !(r.is_finite() && r > 0.0) {
+                    anyhow::bail!(
+                        "--rate must be a positive number of transactions per second, got {r}"
+                    );
+                }
+            }
+            let mut sc = crate::local::Scenario::new(protocol, n, seconds(duration)?);
+            sc.name = "local".into();
+            sc.rate = rate;
+            sc.clients = clients.max(1);
+            sc.byzantine = byzantine;
+            sc.crash = crash;
+            sc.restart = restart;
+            sc.dir = dir;
+            let safe = crate::local::local(sc, json)?;
+            Ok(if safe {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNSAFE)
+            })
+        }
+        Command::Demo { dir } => {
+            crate::local::demo(dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            protocol,
+            nodes,
+            duration,
+            clients,
+            payload,
+            out,
+        } => {
+            let protocols = match protocol {
+                BenchProtocol::Raft => vec![Protocol::Raft],
+                BenchProtocol::Pbft => vec![Protocol::Pbft],
+                BenchProtocol::Both => vec![Protocol::Raft, Protocol::Pbft],
+            };
+            crate::bench::bench(&crate::bench::BenchSpec {
+                protocols,
+                nodes,
+                duration: seconds(duration)?,
+                clients,
+                payload,
+                out,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => {
             let key = keys::generate()?;

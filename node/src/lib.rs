@@ -1,12 +1,15 @@
 //! The faultline node.
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod faults;
 pub mod keys;
 pub mod ledger;
+pub mod local;
 pub mod metrics;
 pub mod reply;
 pub mod runtime;
@@ -14,3 +17,4 @@ pub mod sim;
 pub mod store;
 pub mod testnet;
 pub mod verify;
+pub mod workload;
