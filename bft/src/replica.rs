@@ -382,6 +382,21 @@ impl<A: App> Replica<A> {
             return Err(SubmitError::Invalid);
         }
         let h = sha256(&[&request]);
+        if self.in_flight.contains_key(&h)
+            && !self.pending.contains_key(&h)
+            && !self.is_primary()
+            && !self.in_view_change
+        {
+            // §4.4: a backup is "waiting for a request" from the moment it receives it until it
+            // executes it. A request already in an accepted pre-prepare is not executed yet: a
+            // faulty primary can pre-prepare it and never let it commit, so the client's
+            // retransmission must still start the request timer (and never be a silent no-op).
+            self.pending.insert(h, request);
+            if self.request_timer.is_none() {
+                self.request_timer = Some(self.cfg.request_timeout_ticks);
+            }
+            return Err(SubmitError::Duplicate);
+        }
         if self.is_known(&h) || self.pending.contains_key(&h) {
             return Err(SubmitError::Duplicate);
         }

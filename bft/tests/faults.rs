@@ -426,3 +426,53 @@ fn restarted_replica_keeps_its_view_change() {
     let old = pre_prepare(0, 1, vec![b"v".to_vec()]);
     assert_eq!(c.r(1).step(0, &old).unwrap_err().reason, "stale");
 }
+
+/// PBFT §4.4 (TOCS §4.1): a backup is waiting for a request from when it receives it until it
+/// executes it. Here request R is prepared in view 0, re-issued by the NEW-VIEW of view 1, and
+/// then the new primary goes silent. Replica 3 never had R from the client; the client's
+/// retransmission finds R already in an accepted pre-prepare. That must still start the request
+/// timer: otherwise replica 3 never suspects the primary, replica 2 alone (f VIEW-CHANGEs) cannot
+/// pull anyone along and R is never executed (the seed-23 PBFT stall after heal).
+#[test]
+fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
+    let mut c = Cluster::new(4);
+    c.drop_kinds.insert("commit");
+    c.submit(0, b"R").unwrap();
+    c.run_ticks(1);
+    assert!(c.r(3).status().last_executed == 0);
+    c.crash(0);
+    // Replicas 1 and 2 suspect primary 0; replica 3 joins on their f+1 VIEW-CHANGEs.
+    c.submit(1, b"poke").unwrap();
+    c.submit(2, b"poke").unwrap();
+    for _ in 0..200 {
+        c.run_ticks(1);
+        if (1..4).all(|id| {
+            let st = c.r(id).status();
+            st.view == 1 && !st.in_view_change
+        }) {
+            break;
+        }
+    }
+    for id in 1..4 {
+        let st = c.r(id).status();
+        assert_eq!((st.view, st.in_view_change), (1, false), "replica {id}");
+    }
+    assert_eq!(c.r(3).status().pending_requests, 0);
+    // The new primary goes silent before anything commits; the client retransmits R to all.
+    c.crash(1);
+    c.drop_kinds.clear();
+    let _ = c.submit(2, b"R");
+    let _ = c.submit(3, b"R");
+    c.restart(0);
+    c.run_ticks(400);
+    for id in [0, 2, 3] {
+        let st = c.r(id).status();
+        assert!(st.view >= 2 && !st.in_view_change, "replica {id}: {st:?}");
+        let got = c.committed(id);
+        assert!(
+            got.iter().any(|b| b.2.contains(&b"R".to_vec())),
+            "replica {id} never executed R: {got:?}"
+        );
+    }
+    c.check_agreement();
+}
