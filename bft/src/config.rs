@@ -25,14 +25,20 @@ pub struct Config {
     pub max_batch: usize,
     /// Base view-change timeout T in ticks; doubled for each consecutive view change (§4.5.2).
     pub view_change_timeout_ticks: u32,
+    /// At most this many doublings of T (default 3, so the timeout tops out at 8T). The paper's
+    /// unbounded doubling lets a long stretch of failed view changes (a partition, a silent
+    /// primary) push the timeout so high that the cluster sits idle long after the network
+    /// heals; a cap keeps recovery prompt and is still live whenever messages take less than
+    /// 2^cap · T to arrive.
+    pub max_view_change_doublings: u32,
     /// How long a backup waits for a request it knows about to execute before it suspects the
     /// primary and starts a view change (§4.4). Also the state-transfer retry period.
     pub request_timeout_ticks: u32,
 }
 
 impl Config {
-    /// A configuration with the documented defaults (K = 16, L = 64, batch 256, T = 20, request
-    /// timeout 40 ticks).
+    /// A configuration with the documented defaults (K = 16, L = 64, batch 256, T = 20 doubling at
+    /// most 3 times, request timeout 40 ticks).
     pub fn new(id: NodeId, public_keys: Vec<VerifyingKey>) -> Self {
         Config {
             id,
@@ -41,6 +47,7 @@ impl Config {
             watermark_window: 64,
             max_batch: 256,
             view_change_timeout_ticks: 20,
+            max_view_change_doublings: 3,
             request_timeout_ticks: 40,
         }
     }

@@ -1159,7 +1159,7 @@ impl<A: App> Replica<A> {
             return;
         }
         // §4.5.2: the timer starts once 2f+1 replicas have given up on the old view, and doubles
-        // for every consecutive view change. A replica asking for a higher view has given up too,
+        // for every consecutive view change (up to `max_view_change_doublings`). A replica asking for a higher view has given up too,
         // so it counts; otherwise replicas split between v and v+1 could wait for each other
         // forever.
         let given_up = self
@@ -1168,7 +1168,11 @@ impl<A: App> Replica<A> {
             .filter(|e| e.vc.new_view >= self.view)
             .count();
         if given_up >= self.q && self.vc_timer.is_none() {
-            let shift = self.vc_consecutive.saturating_sub(1).min(16);
+            let shift = self
+                .vc_consecutive
+                .saturating_sub(1)
+                .min(self.cfg.max_view_change_doublings)
+                .min(16);
             self.vc_timer = Some(
                 self.cfg
                     .view_change_timeout_ticks
