@@ -528,18 +528,22 @@ impl<A: App> Replica<A> {
         self.detect_stall();
     }
 
-    /// We lost the commits for a seq others may have executed, and nothing else will tell us
-    /// (no retransmission in the normal case): after a request timeout without progress, fetch
-    /// the missing batches with their commit certificates (TOCS §5.3.2 used for a gap).
+    /// We lost the commits (or the pre-prepare) for a seq others may have executed, and nothing
+    /// else will tell us (no retransmission in the normal case): after a request timeout without
+    /// progress, fetch the missing batches with their commit certificates (TOCS §5.3.2 used for
+    /// a gap). A slot counts when we accepted its pre-prepare, or when f+1 replicas committed it
+    /// — at least one correct replica prepared it, yet its pre-prepare never reached us (say it
+    /// came before the NEW-VIEW that let us into the view).
     fn detect_stall(&mut self) {
         if self.fetch.is_some() {
             self.stall_ticks = 0;
             return;
         }
+        let f = self.f;
         let top = self
             .log
             .range(self.last_executed + 1..)
-            .filter(|(_, slot)| slot.pre_prepare.is_some())
+            .filter(|(_, slot)| slot.pre_prepare.is_some() || slot.commits.len() > f)
             .map(|(s, _)| *s)
             .next_back();
         let Some(top) = top else {
