@@ -238,3 +238,24 @@ fn sim_reports_a_raft_fork_with_exit_code_3_and_the_seed() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
     assert!(text(&ok.stdout).contains("summary: seeds=1 ok=1 unsafe=0 stalled=0"));
 }
+
+/// `faultline keygen | head -0`: output into a pipe nobody reads is dropped, not a panic (Rust
+/// ignores SIGPIPE, so the write fails with EPIPE); the key is still written and the exit code
+/// is still success.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["keygen", "--out", path.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run faultline");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(path.exists());
+}

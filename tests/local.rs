@@ -202,12 +202,16 @@ fn processes_mentioning(needle: &str) -> usize {
         .count()
 }
 
-#[test]
-fn sigint_stops_every_node_process() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// Starts `faultline local` for a raft cluster of 3 in a fresh dir and waits until its three
+/// node processes run. Returns the tempdir (keep it alive), the dir string and the child.
+fn start_local_cluster() -> (tempfile::TempDir, String, std::process::Child) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().join("c");
-    let d_s = d.to_str().expect("utf-8 path").to_string();
+    let d_s = dir
+        .path()
+        .join("c")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string();
     // Only the node processes name a node dir (`--config <d>/node-<i>/node.toml`).
     let nodes = format!("{d_s}/node-");
     let mut child = Command::new(BIN)
@@ -227,16 +231,23 @@ fn sigint_stops_every_node_process() {
         .expect("spawn faultline local");
     let start = Instant::now();
     while processes_mentioning(&nodes) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the nodes never started"
-        );
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "local exited early"
-        );
+        if start.elapsed() > Duration::from_secs(60) || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "the nodes never started; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    (dir, d_s, child)
+}
+
+#[test]
+fn sigint_stops_every_node_process() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, d_s, child) = start_local_cluster();
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
@@ -249,4 +260,24 @@ fn sigint_stops_every_node_process() {
         0,
         "node processes outlived local"
     );
+}
+
+/// SIGKILL gives `local` no chance to clean up; the kernel's parent-death signal must still
+/// take the nodes down (Linux only: PR_SET_PDEATHSIG).
+#[cfg(target_os = "linux")]
+#[test]
+fn sigkill_of_local_takes_its_node_processes_with_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, d_s, mut child) = start_local_cluster();
+    let _ = child.kill();
+    let _ = child.wait();
+    let start = Instant::now();
+    while processes_mentioning(&d_s) > 0 {
+        if start.elapsed() > Duration::from_secs(10) {
+            // Do not leave them behind for the next test.
+            let _ = Command::new("pkill").args(["-9", "-f", &d_s]).status();
+            panic!("node processes outlived a SIGKILLed local");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

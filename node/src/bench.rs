@@ -78,11 +78,11 @@ pub fn bench(spec: &BenchSpec) -> Result<Vec<Summary>> {
     let rows = rows?;
     write_csv(&spec.out.join("results.csv"), &rows)?;
     charts(&spec.out, &rows)?;
-    println!("{}", Summary::header());
+    outln!("{}", Summary::header());
     for r in &rows {
-        println!("{}", r.row());
+        outln!("{}", r.row());
     }
-    println!(
+    outln!(
         "wrote {}/results.csv, messages_per_tx.svg, throughput.svg, latency.svg",
         spec.out.display()
     );

@@ -365,7 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let key = keys::generate()?;
             keys::write_key(&out, &key)?;
             let public = key.verifying_key().to_bytes();
-            println!(
+            outln!(
                 "peer_id={} public_key={}",
                 keys::peer_id(&public)?,
                 hex::encode(public)
@@ -391,7 +391,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 byzantine,
                 timing: Timing::default(),
             })?;
-            println!(
+            outln!(
                 "wrote {} ({protocol}, {nodes} nodes, {clients} client keys)",
                 path.display()
             );
@@ -414,11 +414,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("cannot audit {}", data.display()))?;
             match verdict {
                 verify::Verdict::Ok { height, head } => {
-                    println!("ok height={height} head={}", hex::encode(head));
+                    outln!("ok height={height} head={}", hex::encode(head));
                     Ok(ExitCode::SUCCESS)
                 }
                 verify::Verdict::Bad { height, reason } => {
-                    println!("bad height={height}: {reason}");
+                    outln!("bad height={height}: {reason}");
                     Ok(ExitCode::FAILURE)
                 }
             }

@@ -75,9 +75,11 @@ pub fn run(cluster_path: &Path, key: Option<PathBuf>, cmd: ClientCommand) -> Res
         let sk = crate::keys::read_key(&key_path)?;
         let tx = Tx::sign(&sk, next_seq(), op);
         let r = write(&cluster, &http, &tx).await?;
-        println!(
+        outln!(
             "committed height={} tx_hash={} result={}",
-            r.height, r.tx_hash, r.result
+            r.height,
+            r.tx_hash,
+            r.result
         );
         Ok(())
     })
@@ -213,7 +215,7 @@ async fn get(cluster: &ClusterConfig, http: &reqwest::Client, key: &str) -> Resu
         let url = format!("http://{}/v1/kv/{key}", node.api);
         match get_json(http, url).await {
             Ok((200, v)) => {
-                println!(
+                outln!(
                     "{} = {} (height {})",
                     key,
                     v.get("value").and_then(Value::as_str).unwrap_or(""),
@@ -222,7 +224,7 @@ async fn get(cluster: &ClusterConfig, http: &reqwest::Client, key: &str) -> Resu
                 return Ok(());
             }
             Ok((404, _)) => {
-                println!("{key} not found");
+                outln!("{key} not found");
                 return Ok(());
             }
             Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
@@ -241,13 +243,21 @@ fn field(v: &Value, k: &str) -> String {
 }
 
 async fn status(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
-    println!(
+    outln!(
         "{:>4} {:<22} {:<13} {:>6} {:>6} {:>6} {:>8} {:>8} {:>5}  head",
-        "id", "api", "role", "term", "view", "leader", "height", "commit", "peers"
+        "id",
+        "api",
+        "role",
+        "term",
+        "view",
+        "leader",
+        "height",
+        "commit",
+        "peers"
     );
     for node in &cluster.nodes {
         match get_json(http, format!("http://{}/v1/status", node.api)).await {
-            Ok((200, v)) => println!(
+            Ok((200, v)) => outln!(
                 "{:>4} {:<22} {:<13} {:>6} {:>6} {:>6} {:>8} {:>8} {:>5}  {}",
                 node.id,
                 node.api.to_string(),
@@ -260,7 +270,7 @@ async fn status(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
                 field(&v, "peers_connected"),
                 field(&v, "head_hash"),
             ),
-            _ => println!("{:>4} {:<22} unreachable", node.id, node.api.to_string()),
+            _ => outln!("{:>4} {:<22} unreachable", node.id, node.api.to_string()),
         }
     }
     Ok(())
@@ -269,13 +279,13 @@ async fn status(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
 async fn head(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
     for node in &cluster.nodes {
         match get_json(http, format!("http://{}/v1/status", node.api)).await {
-            Ok((200, v)) => println!(
+            Ok((200, v)) => outln!(
                 "node {} height={} head={}",
                 node.id,
                 field(&v, "height"),
                 field(&v, "head_hash")
             ),
-            _ => println!("node {} unreachable", node.id),
+            _ => outln!("node {} unreachable", node.id),
         }
     }
     Ok(())
@@ -286,7 +296,7 @@ async fn block(cluster: &ClusterConfig, http: &reqwest::Client, height: u64) -> 
     for node in &cluster.nodes {
         match get_json(http, format!("http://{}/v1/blocks/{height}", node.api)).await {
             Ok((200, v)) => {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),

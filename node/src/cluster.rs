@@ -234,7 +234,9 @@ impl LocalCluster {
             .append(true)
             .open(&log_path)
             .map_err(|e| io_err(&log_path, e))?;
-        let child = Command::new(&self.exe)
+        let mut cmd = Command::new(&self.exe);
+        die_with_parent(&mut cmd);
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(self.dir.join(format!("node-{i}")).join("node.toml"))
@@ -566,6 +568,32 @@ pub fn parse_message_totals(text: &str) -> MessageTotals {
     }
     t
 }
+
+/// Linux: the node gets SIGKILL when the thread that started it dies, which for `local`, `demo`
+/// and `bench` is when the process dies, even by SIGKILL. Every other way out already kills
+/// the nodes (the cluster's Drop, the SIGINT/SIGTERM handler); this covers the one that cannot.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; prctl and getppid are async-signal-safe and
+    // the closure only reads a copied integer.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect: then no signal would come.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the parent process exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,15 @@
 //! The faultline node.
+
+/// `println!` for command output that tolerates a closed stdout (`faultline … | head`): the
+/// line is dropped instead of panicking, so the command still finishes its work, cleans up its
+/// children and returns its exit code.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -383,10 +383,10 @@ pub fn block_on_interruptible<T>(fut: impl std::future::Future<Output = Result<T
 pub fn local(sc: Scenario, json: bool) -> Result<bool> {
     let s = block_on_interruptible(run_scenario(&sc))?;
     if json {
-        println!("{}", serde_json::to_string(&s)?);
+        outln!("{}", serde_json::to_string(&s)?);
     } else {
-        println!("{}", Summary::header());
-        println!("{}", s.row());
+        outln!("{}", Summary::header());
+        outln!("{}", s.row());
     }
     Ok(s.safe())
 }
@@ -447,12 +447,12 @@ pub fn demo(dir: Option<PathBuf>) -> Result<()> {
     });
     bar.finish_and_clear();
     let rows = rows?;
-    println!();
-    println!("{}", Summary::header());
+    outln!();
+    outln!("{}", Summary::header());
     for r in &rows {
-        println!("{}", r.row());
+        outln!("{}", r.row());
     }
-    println!(
+    outln!(
         "\n{} scenarios in {:.0} s. PBFT (n=4, f=1) keeps one ledger with a crashed or an equivocating primary; Raft survives the crash but trusts its leader, so an equivocating Raft leader forks the correct followers (UNSAFE is the expected result).",
         rows.len(),
         started.elapsed().as_secs_f64()
