@@ -151,6 +151,7 @@ impl<A: App> Replica<A> {
         let corrupt = |k: &[u8]| RestoreError::Corrupt(String::from_utf8_lossy(k).into_owned());
         let mut by_seq: BTreeMap<u64, BTreeMap<&'static [u8], Vec<u8>>> = BTreeMap::new();
         let mut own_vc = None;
+        let mut own_nv = None;
         for (k, v) in &records {
             if k.as_slice() == persist::VIEW {
                 let vs: ViewState = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
@@ -163,6 +164,8 @@ impl<A: App> Replica<A> {
                 r.stable = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
             } else if k.as_slice() == persist::VC {
                 own_vc = Some(v.clone());
+            } else if k.as_slice() == persist::NV {
+                own_nv = Some(v.clone());
             } else if let Some((prefix, seq)) = persist::parse_seq_key(k) {
                 by_seq.entry(seq).or_default().insert(prefix, v.clone());
             }
@@ -251,6 +254,17 @@ impl<A: App> Replica<A> {
                         }
                     }
                     r.view_changes.insert(r.me, VcEntry { msg: m, vc, certs });
+                }
+            }
+        }
+        // A primary that installed its view keeps serving its NEW-VIEW to replicas that missed
+        // it (`help_lagging_view_change`); without it they could wait for it forever.
+        if let Some(v) = own_nv {
+            let (m, p) = decode_msg(persist::NV, &v)?;
+            if let Payload::NewView(nv) = p {
+                if nv.view == r.view && !r.in_view_change && r.is_primary() {
+                    r.new_view_sent = Some(nv.view);
+                    r.last_new_view = Some(m);
                 }
             }
         }
@@ -1225,6 +1239,7 @@ impl<A: App> Replica<A> {
         let m = self.sign(&Payload::NewView(nv));
         self.new_view_sent = Some(v);
         self.last_new_view = Some(m.clone());
+        self.put(persist::NV.to_vec(), m.to_wire());
         // enter_view persists the pre-prepares before this message can leave.
         self.broadcast("new_view", &m);
         self.enter_view(v, plan, pps);

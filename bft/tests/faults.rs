@@ -516,3 +516,54 @@ fn view_change_backoff_is_capped_so_the_cluster_recovers_after_a_long_fault() {
     }
     c.check_agreement();
 }
+
+/// A primary restarted after installing its view must still hand its NEW-VIEW to a replica that
+/// missed it (the PBFT sim seed 19 `1=silent` stall: the restarted primary of view 2 had
+/// forgotten its NEW-VIEW, so replica 3 re-sent its VIEW-CHANGE for view 2 forever, and with a
+/// silent replica no quorum was left in either view).
+#[test]
+fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
+    let mut c = Cluster::new(4);
+    c.crash(0);
+    c.drop_kind_to.insert(("new_view", 3));
+    for id in 1..4 {
+        c.submit(id, b"R").unwrap();
+    }
+    for _ in 0..200 {
+        c.run_ticks(1);
+        if (1..3).all(|id| {
+            let st = c.r(id).status();
+            st.view == 1 && !st.in_view_change
+        }) {
+            break;
+        }
+    }
+    for id in 1..3 {
+        let st = c.r(id).status();
+        assert_eq!((st.view, st.in_view_change), (1, false), "replica {id}");
+    }
+    assert!(c.r(3).status().in_view_change);
+    // The new primary crashes and comes back; replica 3 can now hear it.
+    c.crash(1);
+    c.restart(1);
+    c.drop_kind_to.clear();
+    let mut ticks = 0;
+    while c.r(3).status().in_view_change && ticks < 10 {
+        c.run_ticks(1);
+        ticks += 1;
+    }
+    let st = c.r(3).status();
+    assert_eq!(
+        (st.view, st.in_view_change),
+        (1, false),
+        "replica 3: {st:?}"
+    );
+    c.run_ticks(5);
+    for id in 1..4 {
+        assert!(
+            c.committed(id).iter().any(|b| b.2.contains(&b"R".to_vec())),
+            "replica {id} never executed R"
+        );
+    }
+    c.check_agreement();
+}

@@ -87,6 +87,8 @@ pub struct Cluster {
     /// Directed links that drop everything.
     pub blocked: BTreeSet<(u64, u64)>,
     pub drop_kinds: BTreeSet<&'static str>,
+    /// (kind, receiver) pairs that are dropped.
+    pub drop_kind_to: BTreeSet<(&'static str, u64)>,
     /// Ids whose replica is played by the test (Byzantine); messages to them land here.
     pub byzantine: BTreeSet<u64>,
     pub captured: Vec<Env>,
@@ -124,6 +126,7 @@ impl Cluster {
             down: BTreeSet::new(),
             blocked: BTreeSet::new(),
             drop_kinds: BTreeSet::new(),
+            drop_kind_to: BTreeSet::new(),
             byzantine: BTreeSet::new(),
             captured: Vec::new(),
         }
@@ -220,6 +223,7 @@ impl Cluster {
         if self.down.contains(&env.to)
             || self.blocked.contains(&(env.from, env.to))
             || self.drop_kinds.contains(env.kind)
+            || self.drop_kind_to.contains(&(env.kind, env.to))
         {
             return None;
         }
