@@ -259,3 +259,44 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(path.exists());
 }
+
+#[test]
+fn sim_refuses_two_modes_for_one_node_and_warns_beyond_f() {
+    let out = faultline(&[
+        "sim",
+        "--protocol",
+        "pbft",
+        "--nodes",
+        "4",
+        "--byzantine",
+        "1=silent",
+        "--byzantine",
+        "1=forge",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--byzantine 1: one mode per node"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = faultline(&[
+        "sim",
+        "--protocol",
+        "pbft",
+        "--nodes",
+        "4",
+        "--seeds",
+        "1",
+        "--steps",
+        "50",
+        "--byzantine",
+        "0=silent",
+        "--byzantine",
+        "1=silent",
+    ]);
+    assert!(
+        text(&out.stderr).contains("2 Byzantine nodes exceed f = 1 for n = 4"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -284,6 +284,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !(0.0..=1.0).contains(&drop) {
                 anyhow::bail!("--drop must be a probability between 0 and 1, got {drop}");
             }
+            let f = protocol.max_faults(nodes);
+            if protocol == Protocol::Pbft && byzantine.len() > f {
+                eprintln!(
+                    "warning: {} Byzantine nodes exceed f = {f} for n = {nodes}: PBFT promises \
+                     neither agreement nor progress here",
+                    byzantine.len()
+                );
+            }
             let base = crate::sim::SimConfig {
                 byzantine,
                 crash,

@@ -41,9 +41,13 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
             ),
         }
     }
+    let mut seen = std::collections::BTreeSet::new();
     for b in &spec.byzantine {
         if b.node as usize >= n {
             bail!("--byzantine {}: there are only nodes 0..{}", b.node, n - 1);
+        }
+        if !seen.insert(b.node) {
+            bail!("--byzantine {}: one mode per node", b.node);
         }
     }
     let last_port = u32::from(spec.base_port) + 2 * n as u32;

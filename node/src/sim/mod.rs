@@ -278,6 +278,13 @@ impl Sim {
                 b.node
             )));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(b) = cfg.byzantine.iter().find(|b| !seen.insert(b.node)) {
+            return Err(SimError::Setup(format!(
+                "--byzantine {}: one mode per node",
+                b.node
+            )));
+        }
         let cluster = sim_cluster(cfg.protocol, cfg.nodes, cfg.clients)?;
         let checker = Checker::new(cluster.clients.iter().map(|c| c.public_key));
         let report = SimReport {
