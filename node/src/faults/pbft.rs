@@ -12,11 +12,9 @@ use faultline_bft::{
 use super::ByzantineMode;
 use crate::config::Protocol;
 use crate::engine::pbft::PbftEngine;
-use crate::engine::{
-    Engine, EngineError, EngineStatus, NodeId, Outgoing, ProposeError, Rejected, Step,
-};
+use crate::engine::{Engine, EngineError, NodeId, Outgoing, ProposeError, Rejected, Step};
 use crate::ledger::Tx;
-use crate::store::{AppliedBlock, Store};
+use crate::store::Store;
 
 pub struct ByzantinePbft {
     inner: PbftEngine,
@@ -219,27 +217,5 @@ impl Engine for ByzantinePbft {
         Ok(step)
     }
 
-    fn applied(&mut self, blocks: &[AppliedBlock], store: &Store) -> Result<(), EngineError> {
-        self.inner.applied(blocks, store)
-    }
-
-    fn status(&self) -> EngineStatus {
-        self.inner.status()
-    }
-
-    fn leader_changes(&self) -> u64 {
-        self.inner.leader_changes()
-    }
-
-    fn message_kind(&self, bytes: &[u8]) -> &'static str {
-        self.inner.message_kind(bytes)
-    }
-
-    fn read_index(&mut self, ctx: u64) -> Result<bool, ProposeError> {
-        self.inner.read_index(ctx)
-    }
-
-    fn ready_reads(&mut self) -> Vec<u64> {
-        self.inner.ready_reads()
-    }
+    passthrough_engine_methods!();
 }

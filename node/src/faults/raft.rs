@@ -8,11 +8,9 @@ use faultline_raft::{Message, MessageBody};
 use super::ByzantineMode;
 use crate::config::Protocol;
 use crate::engine::raft::RaftEngine;
-use crate::engine::{
-    encode, Engine, EngineError, EngineStatus, NodeId, Outgoing, ProposeError, Rejected, Step,
-};
+use crate::engine::{encode, Engine, EngineError, NodeId, Outgoing, ProposeError, Rejected, Step};
 use crate::ledger::{Op, Tx};
-use crate::store::{AppliedBlock, Store};
+use crate::store::Store;
 
 pub struct ByzantineRaft {
     inner: RaftEngine,
@@ -231,27 +229,5 @@ impl Engine for ByzantineRaft {
         Ok(step)
     }
 
-    fn applied(&mut self, blocks: &[AppliedBlock], store: &Store) -> Result<(), EngineError> {
-        self.inner.applied(blocks, store)
-    }
-
-    fn status(&self) -> EngineStatus {
-        self.inner.status()
-    }
-
-    fn leader_changes(&self) -> u64 {
-        self.inner.leader_changes()
-    }
-
-    fn message_kind(&self, bytes: &[u8]) -> &'static str {
-        self.inner.message_kind(bytes)
-    }
-
-    fn read_index(&mut self, ctx: u64) -> Result<bool, ProposeError> {
-        self.inner.read_index(ctx)
-    }
-
-    fn ready_reads(&mut self) -> Vec<u64> {
-        self.inner.ready_reads()
-    }
+    passthrough_engine_methods!();
 }
