@@ -51,6 +51,11 @@ pub struct Replica<A: App> {
     new_view_sent: Option<u64>,
     /// The NEW-VIEW we sent as primary of the current view, re-sent to replicas that missed it.
     last_new_view: Option<SignedMessage>,
+    /// Ticks since start, and when we last re-sent our NEW-VIEW to each replica: at most once
+    /// per VIEW-CHANGE re-send interval, so a Byzantine replica cannot turn its small stale
+    /// VIEW-CHANGEs into a stream of large NEW-VIEWs.
+    ticks: u64,
+    new_view_resent_at: BTreeMap<NodeId, u64>,
     /// Ticks until our VIEW-CHANGE is re-broadcast (lost view changes would otherwise stall the
     /// protocol; the paper assumes retransmission, §4.5.2).
     vc_resend: u32,
@@ -112,6 +117,8 @@ impl<A: App> Replica<A> {
             vc_timer: None,
             new_view_sent: None,
             last_new_view: None,
+            ticks: 0,
+            new_view_resent_at: BTreeMap::new(),
             vc_resend: 0,
             view_changes: BTreeMap::new(),
             log: BTreeMap::new(),
@@ -497,6 +504,7 @@ impl<A: App> Replica<A> {
     /// Advances logical time: cuts partial batches at the primary and runs the request,
     /// view-change and state-transfer timers.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.propose(true);
         if !self.in_view_change {
             if let Some(t) = self.request_timer {
@@ -716,20 +724,29 @@ impl<A: App> Replica<A> {
         }
     }
 
-    /// A replica still asking for the view we already run as primary missed our NEW-VIEW:
-    /// send it again (it is self-certifying, so re-sending is always safe).
+    /// A replica still asking for the view we run as primary, or an older one, missed our
+    /// NEW-VIEW: send it (it is self-certifying, so re-sending is always safe). For an older view
+    /// this is the only thing that moves the laggard: nobody else is changing views, so it never
+    /// sees the f+1 VIEW-CHANGEs that would make it join (§4.5.2).
     fn help_lagging_view_change(&mut self, p: &Payload, m: &SignedMessage) {
         let Payload::ViewChange(vc) = p else { return };
-        if vc.new_view != self.view || self.in_view_change || !self.is_primary() {
+        if vc.new_view > self.view || self.in_view_change || !self.is_primary() {
             return;
         }
         let Some(nv) = self.last_new_view.clone() else {
             return;
         };
+        let interval = u64::from(self.vc_resend_interval() / 2);
+        if let Some(at) = self.new_view_resent_at.get(&vc.replica) {
+            if self.ticks < at.saturating_add(interval) {
+                return;
+            }
+        }
         if self
             .cache
             .verify_all(&self.cfg.public_keys, &[(m, vc.replica)])
         {
+            self.new_view_resent_at.insert(vc.replica, self.ticks);
             self.send(vc.replica, "new_view", &nv);
         }
     }

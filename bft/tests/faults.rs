@@ -567,3 +567,60 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     }
     c.check_agreement();
 }
+
+/// A replica can fall more than one view behind: here replica 3 is cut off while the others go
+/// from view 0 through 1 to 2, so it is still asking for view 1. The primary of view 2 must
+/// answer that old VIEW-CHANGE with its NEW-VIEW (2f+1 signed VIEW-CHANGEs prove view 2 is
+/// legitimate). Otherwise nothing ever moves replica 3 (nobody else is changing views, so the
+/// f+1 rule never fires) and with one more replica gone no quorum is left: the PBFT sim seed
+/// 121 `1=equivocate` stall, where correct replicas sat in views 10, 11 (active) and 12.
+#[test]
+fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
+    let mut c = Cluster::new(4);
+    c.partition(3);
+    // No pre-prepare arrives anywhere, so the backups holding R give up on view 0 and then on
+    // view 1; replica 3, cut off, gives up on view 0 alone.
+    c.drop_kinds.insert("pre_prepare");
+    for id in 1..4 {
+        c.submit(id, b"R").unwrap();
+    }
+    let in_view = |c: &mut Cluster, id: u64, v: u64| {
+        let st = c.r(id).status();
+        st.view == v && !st.in_view_change
+    };
+    for _ in 0..400 {
+        c.run_ticks(1);
+        if (0..3).all(|id| in_view(&mut c, id, 2)) {
+            break;
+        }
+    }
+    for id in 0..3 {
+        assert!(
+            in_view(&mut c, id, 2),
+            "replica {id}: {:?}",
+            c.r(id).status()
+        );
+    }
+    let st = c.r(3).status();
+    assert_eq!((st.view, st.in_view_change), (1, true), "replica 3: {st:?}");
+    // Replica 3 comes back. It re-sends its VIEW-CHANGE for view 1 every T/2 ticks; the primary
+    // of view 2 must answer it before anything else could move replica 3 (the next view change,
+    // once the others' request timers fire, would pull it along by the f+1 rule).
+    c.heal();
+    c.drop_kinds.clear();
+    let timeout = c.cfgs[0].request_timeout_ticks;
+    let mut ticks = 0;
+    while !in_view(&mut c, 3, 2) && ticks < timeout {
+        c.run_ticks(1);
+        ticks += 1;
+    }
+    assert!(in_view(&mut c, 3, 2), "replica 3: {:?}", c.r(3).status());
+    c.run_ticks(200);
+    for id in 0..4 {
+        assert!(
+            c.committed(id).iter().any(|b| b.2.contains(&b"R".to_vec())),
+            "replica {id} never executed R"
+        );
+    }
+    c.check_agreement();
+}
