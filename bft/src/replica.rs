@@ -319,6 +319,24 @@ impl<A: App> Replica<A> {
         self.cfg.primary(self.view) == self.me
     }
 
+    /// Whether a request this replica knows of is waiting to execute. §4.4 has backups wait on
+    /// the requests they received; we let the primary wait on the ones it ordered or queued
+    /// too. Otherwise a primary whose backups have all moved to other views (each correct
+    /// replica in a different view, two of them primaries: PBFT sim `0=ack-without-store`
+    /// seeds 40, 62, …) sits in its view forever, since only backups suspect. Giving up on
+    /// one's own view is always safe.
+    fn waiting_for_requests(&self) -> bool {
+        !self.pending.is_empty()
+            || (self.is_primary() && (!self.queue.is_empty() || !self.in_flight.is_empty()))
+    }
+
+    /// Starts the request timer unless it is already running (§4.4).
+    fn arm_request_timer(&mut self) {
+        if self.request_timer.is_none() && !self.in_view_change {
+            self.request_timer = Some(self.cfg.request_timeout_ticks);
+        }
+    }
+
     /// Re-broadcast the view change twice per base timeout, so that after the network settles
     /// a primary that already sent NEW-VIEW re-sends it before our view-change timer expires.
     fn vc_resend_interval(&self) -> u32 {
@@ -424,6 +442,7 @@ impl<A: App> Replica<A> {
         if self.is_primary() && !self.in_view_change {
             self.enqueue(h, request);
             self.propose(false);
+            self.arm_request_timer();
         } else {
             self.pending.insert(h, request.clone());
             if !self.in_view_change {
@@ -761,6 +780,9 @@ impl<A: App> Replica<A> {
         let h = sha256(&[&r.request]);
         self.enqueue(h, r.request);
         self.propose(false);
+        if self.waiting_for_requests() {
+            self.arm_request_timer();
+        }
         Ok(())
     }
 
@@ -950,10 +972,10 @@ impl<A: App> Replica<A> {
         // §4.4: stop the timer when no request is waiting, restart it when some executed while
         // others still wait.
         if !self.in_view_change {
-            self.request_timer = if self.pending.is_empty() {
-                None
-            } else {
+            self.request_timer = if self.waiting_for_requests() {
                 Some(self.cfg.request_timeout_ticks)
+            } else {
+                None
             };
         }
         self.out.committed.push(batch);
@@ -1393,6 +1415,9 @@ impl<A: App> Replica<A> {
             self.check_slot(s);
         }
         self.propose(false);
+        if primary && self.waiting_for_requests() {
+            self.arm_request_timer();
+        }
     }
 
     fn replay_future(&mut self) {

@@ -624,3 +624,34 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     }
     c.check_agreement();
 }
+
+/// A primary that cannot get what it ordered executed gives up on its own view like a backup
+/// would (§4.4's timer, applied to the primary's own requests). Without this, correct replicas
+/// scattered over different views, two of them primaries of their own (each waiting for backups
+/// that have moved on), never meet again: the PBFT sim `0=ack-without-store` stalls, seeds 40,
+/// 62, 79, 89, 96, 99, 150, 256 of 1..300.
+#[test]
+fn a_primary_that_cannot_order_gives_up_on_its_view() {
+    let mut c = Cluster::new(4);
+    c.partition(0);
+    c.submit(0, b"R").unwrap();
+    let timeout = c.cfgs[0].request_timeout_ticks as usize;
+    c.run_ticks(timeout + 1);
+    let st = c.r(0).status();
+    assert_eq!((st.view, st.in_view_change), (1, true), "replica 0: {st:?}");
+    // Back in touch, the client's retransmission to the others gets R ordered in a new view.
+    c.heal();
+    for id in 1..4 {
+        let _ = c.submit(id, b"R");
+    }
+    c.run_ticks(20 * timeout);
+    for id in 0..4 {
+        let st = c.r(id).status();
+        assert!(st.view >= 1 && !st.in_view_change, "replica {id}: {st:?}");
+        assert!(
+            c.committed(id).iter().any(|b| b.2.contains(&b"R".to_vec())),
+            "replica {id} never executed R"
+        );
+    }
+    c.check_agreement();
+}
