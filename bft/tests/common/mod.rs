@@ -306,6 +306,14 @@ impl Cluster {
         self.blocked.clear();
     }
 
+    /// Whether replica `id` executed request `req`.
+    pub fn executed(&self, id: u64, req: &[u8]) -> bool {
+        self.nodes[id as usize]
+            .committed
+            .iter()
+            .any(|b| b.requests.iter().any(|r| r.as_slice() == req))
+    }
+
     pub fn committed(&self, id: u64) -> Vec<BatchView> {
         self.nodes[id as usize]
             .committed
