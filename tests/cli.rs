@@ -14,6 +14,13 @@ fn faultline(args: &[&str]) -> Output {
         .expect("run faultline")
 }
 
+/// `faultline sim --protocol P --nodes N` followed by `extra`.
+fn sim(protocol: &str, nodes: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["sim", "--protocol", protocol, "--nodes", nodes];
+    args.extend_from_slice(extra);
+    faultline(&args)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -201,19 +208,18 @@ fn verify_reports_a_missing_or_garbage_data_dir_clearly() {
 
 #[test]
 fn sim_reports_a_raft_fork_with_exit_code_3_and_the_seed() {
-    let out = faultline(&[
-        "sim",
-        "--protocol",
+    let out = sim(
         "raft",
-        "--nodes",
         "3",
-        "--seeds",
-        "1..3",
-        "--byzantine",
-        "0=equivocate",
-        "--steps",
-        "300",
-    ]);
+        &[
+            "--seeds",
+            "1..3",
+            "--byzantine",
+            "0=equivocate",
+            "--steps",
+            "300",
+        ],
+    );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let bad = stdout
@@ -224,17 +230,7 @@ fn sim_reports_a_raft_fork_with_exit_code_3_and_the_seed() {
         bad.starts_with("seed=") && bad.contains("first_diverging_height="),
         "{bad}"
     );
-    let ok = faultline(&[
-        "sim",
-        "--protocol",
-        "pbft",
-        "--nodes",
-        "4",
-        "--seeds",
-        "1",
-        "--steps",
-        "200",
-    ]);
+    let ok = sim("pbft", "4", &["--seeds", "1", "--steps", "200"]);
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
     assert!(text(&ok.stdout).contains("summary: seeds=1 ok=1 unsafe=0 stalled=0"));
 }
@@ -262,38 +258,31 @@ fn a_closed_stdout_is_not_a_panic() {
 
 #[test]
 fn sim_refuses_two_modes_for_one_node_and_warns_beyond_f() {
-    let out = faultline(&[
-        "sim",
-        "--protocol",
+    let out = sim(
         "pbft",
-        "--nodes",
         "4",
-        "--byzantine",
-        "1=silent",
-        "--byzantine",
-        "1=forge",
-    ]);
+        &["--byzantine", "1=silent", "--byzantine", "1=forge"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("--byzantine 1: one mode per node"),
         "{}",
         text(&out.stderr)
     );
-    let out = faultline(&[
-        "sim",
-        "--protocol",
+    let out = sim(
         "pbft",
-        "--nodes",
         "4",
-        "--seeds",
-        "1",
-        "--steps",
-        "50",
-        "--byzantine",
-        "0=silent",
-        "--byzantine",
-        "1=silent",
-    ]);
+        &[
+            "--seeds",
+            "1",
+            "--steps",
+            "50",
+            "--byzantine",
+            "0=silent",
+            "--byzantine",
+            "1=silent",
+        ],
+    );
     assert!(
         text(&out.stderr).contains("2 Byzantine nodes exceed f = 1 for n = 4"),
         "{}",

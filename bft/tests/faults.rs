@@ -465,15 +465,7 @@ fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
     let _ = c.submit(3, b"R");
     c.restart(0);
     c.run_ticks(400);
-    for id in [0, 2, 3] {
-        let st = c.r(id).status();
-        assert!(st.view >= 2 && !st.in_view_change, "replica {id}: {st:?}");
-        let got = c.committed(id);
-        assert!(
-            got.iter().any(|b| b.2.contains(&b"R".to_vec())),
-            "replica {id} never executed R: {got:?}"
-        );
-    }
+    c.assert_settled_and_executed([0, 2, 3], 2, b"R");
     c.check_agreement();
 }
 
@@ -503,17 +495,7 @@ fn view_change_backoff_is_capped_so_the_cluster_recovers_after_a_long_fault() {
     c.drop_kinds.clear();
     c.restart(0);
     c.run_ticks(4 * cap_ticks as usize);
-    for id in 0..4 {
-        let st = c.r(id).status();
-        assert!(
-            !st.in_view_change,
-            "replica {id} still changing views: {st:?}"
-        );
-        assert!(
-            c.executed(id, b"R"),
-            "replica {id} never executed R: {st:?}"
-        );
-    }
+    c.assert_settled_and_executed(0..4, view, b"R");
     c.check_agreement();
 }
 
@@ -559,9 +541,7 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
         "replica 3: {st:?}"
     );
     c.run_ticks(5);
-    for id in 1..4 {
-        assert!(c.executed(id, b"R"), "replica {id} never executed R");
-    }
+    c.assert_settled_and_executed(1..4, 1, b"R");
     c.check_agreement();
 }
 
@@ -613,9 +593,7 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     }
     assert!(in_view(&mut c, 3, 2), "replica 3: {:?}", c.r(3).status());
     c.run_ticks(200);
-    for id in 0..4 {
-        assert!(c.executed(id, b"R"), "replica {id} never executed R");
-    }
+    c.assert_settled_and_executed(0..4, 2, b"R");
     c.check_agreement();
 }
 
@@ -639,10 +617,6 @@ fn a_primary_that_cannot_order_gives_up_on_its_view() {
         let _ = c.submit(id, b"R");
     }
     c.run_ticks(20 * timeout);
-    for id in 0..4 {
-        let st = c.r(id).status();
-        assert!(st.view >= 1 && !st.in_view_change, "replica {id}: {st:?}");
-        assert!(c.executed(id, b"R"), "replica {id} never executed R");
-    }
+    c.assert_settled_and_executed(0..4, 1, b"R");
     c.check_agreement();
 }

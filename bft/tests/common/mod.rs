@@ -314,6 +314,27 @@ impl Cluster {
             .any(|b| b.requests.iter().any(|r| r.as_slice() == req))
     }
 
+    /// Liveness after a fault: each of `ids` is in view `min_view` or later, not changing views,
+    /// and has executed `req`.
+    pub fn assert_settled_and_executed(
+        &mut self,
+        ids: impl IntoIterator<Item = u64>,
+        min_view: u64,
+        req: &[u8],
+    ) {
+        for id in ids {
+            let st = self.r(id).status();
+            assert!(
+                st.view >= min_view && !st.in_view_change,
+                "replica {id} not settled in view {min_view} or later: {st:?}"
+            );
+            assert!(
+                self.executed(id, req),
+                "replica {id} never executed the request"
+            );
+        }
+    }
+
     pub fn committed(&self, id: u64) -> Vec<BatchView> {
         self.nodes[id as usize]
             .committed
