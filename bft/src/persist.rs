@@ -9,8 +9,8 @@ pub(crate) const VIEW: &[u8] = b"bft/view";
 pub(crate) const EXEC: &[u8] = b"bft/exec";
 pub(crate) const STABLE: &[u8] = b"bft/stable";
 pub(crate) const VC: &[u8] = b"bft/vc";
-/// The NEW-VIEW this replica sent as primary (the last one), so after a restart it can still
-/// hand it to replicas that missed it.
+/// The NEW-VIEW that installed this replica's latest view (sent as its primary or accepted), so
+/// after a restart it can still hand it to replicas that missed it.
 pub(crate) const NV: &[u8] = b"bft/nv";
 /// Accepted (or, at the primary, issued) pre-prepare per seq.
 pub(crate) const PP: &[u8] = b"bft/pp/";

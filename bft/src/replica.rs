@@ -49,9 +49,10 @@ pub struct Replica<A: App> {
     vc_consecutive: u32,
     vc_timer: Option<u32>,
     new_view_sent: Option<u64>,
-    /// The NEW-VIEW we sent as primary of the current view, re-sent to replicas that missed it.
+    /// The NEW-VIEW that installed our current view (ours as its primary, or the one we
+    /// accepted), re-sent to replicas that missed it.
     last_new_view: Option<SignedMessage>,
-    /// Ticks since start, and when we last re-sent our NEW-VIEW to each replica: at most once
+    /// Ticks since start, and when we last re-sent that NEW-VIEW to each replica: at most once
     /// per VIEW-CHANGE re-send interval, so a Byzantine replica cannot turn its small stale
     /// VIEW-CHANGEs into a stream of large NEW-VIEWs.
     ticks: u64,
@@ -158,7 +159,7 @@ impl<A: App> Replica<A> {
         let corrupt = |k: &[u8]| RestoreError::Corrupt(String::from_utf8_lossy(k).into_owned());
         let mut by_seq: BTreeMap<u64, BTreeMap<&'static [u8], Vec<u8>>> = BTreeMap::new();
         let mut own_vc = None;
-        let mut own_nv = None;
+        let mut saved_nv = None;
         for (k, v) in &records {
             if k.as_slice() == persist::VIEW {
                 let vs: ViewState = postcard::from_bytes(v).map_err(|_| corrupt(k))?;
@@ -172,7 +173,7 @@ impl<A: App> Replica<A> {
             } else if k.as_slice() == persist::VC {
                 own_vc = Some(v.clone());
             } else if k.as_slice() == persist::NV {
-                own_nv = Some(v.clone());
+                saved_nv = Some(v.clone());
             } else if let Some((prefix, seq)) = persist::parse_seq_key(k) {
                 by_seq.entry(seq).or_default().insert(prefix, v.clone());
             }
@@ -264,13 +265,15 @@ impl<A: App> Replica<A> {
                 }
             }
         }
-        // A primary that installed its view keeps serving its NEW-VIEW to replicas that missed
+        // A replica that installed its view keeps serving the NEW-VIEW to replicas that missed
         // it (`help_lagging_view_change`); without it they could wait for it forever.
-        if let Some(v) = own_nv {
+        if let Some(v) = saved_nv {
             let (m, p) = decode_msg(persist::NV, &v)?;
             if let Payload::NewView(nv) = p {
-                if nv.view == r.view && !r.in_view_change && r.is_primary() {
-                    r.new_view_sent = Some(nv.view);
+                if nv.view == r.view && !r.in_view_change {
+                    if r.is_primary() {
+                        r.new_view_sent = Some(nv.view);
+                    }
                     r.last_new_view = Some(m);
                 }
             }
@@ -632,7 +635,11 @@ impl<A: App> Replica<A> {
         if signer >= self.n as NodeId {
             return Err(reason::UNKNOWN_PEER);
         }
-        if signer != from || from == self.me {
+        // A NEW-VIEW is self-certifying (the new primary's signature over 2f+1 signed
+        // VIEW-CHANGEs), so any replica may relay it to one that missed it; every other message
+        // comes from its signer.
+        let relayed = matches!(p, Payload::NewView(_));
+        if (signer != from && !relayed) || from == self.me {
             return Err(reason::WRONG_SENDER);
         }
         // Cheap protocol checks before the expensive signature check.
@@ -663,7 +670,7 @@ impl<A: App> Replica<A> {
             Payload::Commit(x) => self.on_commit(m, x),
             Payload::Checkpoint(c) => self.on_checkpoint(m, c),
             Payload::ViewChange(vc) => self.on_view_change(m, vc),
-            Payload::NewView(nv) => self.on_new_view(nv),
+            Payload::NewView(nv) => self.on_new_view(m, nv),
             Payload::StateRequest(r) => self.on_state_request(r),
             Payload::StateResponse(r) => self.on_state_response(r),
         }
@@ -743,13 +750,16 @@ impl<A: App> Replica<A> {
         }
     }
 
-    /// A replica still asking for the view we run as primary, or an older one, missed our
-    /// NEW-VIEW: send it (it is self-certifying, so re-sending is always safe). For an older view
-    /// this is the only thing that moves the laggard: nobody else is changing views, so it never
-    /// sees the f+1 VIEW-CHANGEs that would make it join (§4.5.2).
+    /// A replica still asking for the view we are in, or an older one, missed its NEW-VIEW:
+    /// send it the NEW-VIEW that installed our view (self-certifying, so any replica may
+    /// re-send it, and doing so is always safe). For an older view
+    /// this is the only thing that moves the laggard: nobody else is changing views, so it
+    /// never sees the f+1 VIEW-CHANGEs that would make it join (§4.5.2). Backups relay it too:
+    /// the primary may itself have moved on to a view change, leaving the laggard with no one
+    /// to ask (PBFT sim seed 220 `1=ack-without-store`).
     fn help_lagging_view_change(&mut self, p: &Payload, m: &SignedMessage) {
         let Payload::ViewChange(vc) = p else { return };
-        if vc.new_view > self.view || self.in_view_change || !self.is_primary() {
+        if vc.new_view > self.view || self.in_view_change {
             return;
         }
         let Some(nv) = self.last_new_view.clone() else {
@@ -1277,16 +1287,14 @@ impl<A: App> Replica<A> {
         };
         let m = self.sign(&Payload::NewView(nv));
         self.new_view_sent = Some(v);
-        self.last_new_view = Some(m.clone());
-        self.put(persist::NV.to_vec(), m.to_wire());
-        // enter_view persists the pre-prepares before this message can leave.
+        // enter_view persists the NEW-VIEW and its pre-prepares before this message can leave.
         self.broadcast("new_view", &m);
-        self.enter_view(v, plan, pps);
+        self.enter_view(v, plan, pps, m);
     }
 
     /// §4.4: a backup accepts NEW-VIEW if it is signed by the new primary, carries 2f+1 valid
     /// view changes for that view, and O equals what the backup computes from them.
-    fn on_new_view(&mut self, nv: NewView) -> Result<(), &'static str> {
+    fn on_new_view(&mut self, msg: SignedMessage, nv: NewView) -> Result<(), &'static str> {
         let v = nv.view;
         let n = self.n as NodeId;
         let mut entries: Vec<VcEntry> = Vec::new();
@@ -1339,17 +1347,23 @@ impl<A: App> Replica<A> {
         if !self.cache.verify_all(&self.cfg.public_keys, &sigs) {
             return Err(reason::BAD_SIGNATURE);
         }
-        self.enter_view(v, plan, pps);
+        self.enter_view(v, plan, pps, msg);
         Ok(())
     }
 
     /// Installs view `v` from a NEW-VIEW: adopt min-s, rebuild the log from O (backups prepare
     /// each re-issued pre-prepare), hand queued/pending requests to the new primary, and replay
-    /// buffered messages of this view.
-    fn enter_view(&mut self, v: u64, plan: NewViewPlan, pps: Vec<(SignedMessage, PrePrepare)>) {
-        if self.new_view_sent != Some(v) {
-            self.last_new_view = None;
-        }
+    /// buffered messages of this view. The NEW-VIEW is kept (and persisted) to hand on to
+    /// replicas that missed it.
+    fn enter_view(
+        &mut self,
+        v: u64,
+        plan: NewViewPlan,
+        pps: Vec<(SignedMessage, PrePrepare)>,
+        new_view: SignedMessage,
+    ) {
+        self.put(persist::NV.to_vec(), new_view.to_wire());
+        self.last_new_view = Some(new_view);
         self.view = v;
         self.in_view_change = false;
         self.vc_timer = None;
@@ -1369,8 +1383,12 @@ impl<A: App> Replica<A> {
             let digest = pp.digest;
             self.put_seq(persist::PP, seq, m.to_wire());
             let mut slot = Slot::new(v);
-            for r in &pp.requests {
-                self.in_flight.insert(sha256(&[r]), r.clone());
+            // A re-issued batch we already executed is not in flight: nothing will execute it
+            // again, and a primary would wait on it forever (and give up its view for it).
+            if seq > self.last_executed {
+                for r in &pp.requests {
+                    self.in_flight.insert(sha256(&[r]), r.clone());
+                }
             }
             if !primary {
                 let prep = self.sign(&Payload::Prepare(Prepare {

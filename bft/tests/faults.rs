@@ -545,6 +545,65 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     c.check_agreement();
 }
 
+/// Any replica in a view hands that view's NEW-VIEW to a replica still asking for it, not only
+/// the primary: the primary may have crashed or moved on to the next view change, and in an
+/// idle cluster nothing else moves the laggard (no request waits anywhere, so no timer fires
+/// and the f+1 rule never triggers). The PBFT sim seed 220 `1=ack-without-store` stall: the
+/// primary of view 11 had given up on it, replica 2 restarted still asking for view 11 (with
+/// only its own VIEW-CHANGE, so its timer never started), replica 0 sat idle in view 11, and
+/// the clients' outstanding requests were already executed there.
+#[test]
+fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
+    let mut c = Cluster::new(4);
+    // View 0 orders nothing. Replica 3 hears neither the others' VIEW-CHANGEs (so, like a
+    // replica restarted from its own records, its view-change timer never starts) nor view 1's
+    // NEW-VIEW.
+    c.drop_kinds.insert("pre_prepare");
+    c.drop_kind_to.insert(("new_view", 3));
+    c.drop_kind_to.insert(("view_change", 3));
+    for id in 1..4 {
+        c.submit(id, b"R").unwrap();
+    }
+    for _ in 0..200 {
+        c.run_ticks(1);
+        if (0..3).all(|id| c.active_in(id, 1)) {
+            break;
+        }
+    }
+    for id in 0..3 {
+        assert!(c.active_in(id, 1), "replica {id}: {:?}", c.r(id).status());
+    }
+    c.drop_kinds.clear();
+    c.run_ticks(20);
+    for id in 0..3 {
+        assert!(c.executed(id, b"R"), "replica {id} never executed R");
+    }
+    let st = c.r(3).status();
+    assert_eq!((st.view, st.in_view_change), (1, true), "replica 3: {st:?}");
+    // The primary of view 1 is gone and replica 2 is down; replica 0 restarts (so it relays the
+    // NEW-VIEW it persisted) and is the only one left to help.
+    c.crash(1);
+    c.crash(2);
+    c.crash(0);
+    c.restart(0);
+    c.drop_kind_to.clear();
+    let timeout = c.cfgs[0].request_timeout_ticks;
+    let mut ticks = 0;
+    while !c.active_in(3, 1) && ticks < timeout {
+        c.run_ticks(1);
+        ticks += 1;
+    }
+    assert!(c.active_in(3, 1), "replica 3: {:?}", c.r(3).status());
+    // With replica 3 back in step (and 2 back), a new request gets past the missing primary.
+    c.restart(2);
+    for id in [0, 2, 3] {
+        c.submit(id, b"S").unwrap();
+    }
+    c.run_ticks(20 * timeout as usize);
+    c.assert_settled_and_executed([0, 2, 3], 2, b"S");
+    c.check_agreement();
+}
+
 /// A replica can fall more than one view behind: here replica 3 is cut off while the others go
 /// from view 0 through 1 to 2, so it is still asking for view 1. The primary of view 2 must
 /// answer that old VIEW-CHANGE with its NEW-VIEW (2f+1 signed VIEW-CHANGEs prove view 2 is

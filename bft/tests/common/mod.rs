@@ -314,6 +314,12 @@ impl Cluster {
             .any(|b| b.requests.iter().any(|r| r.as_slice() == req))
     }
 
+    /// Whether replica `id` runs view `v` (installed, not changing views).
+    pub fn active_in(&mut self, id: u64, v: u64) -> bool {
+        let st = self.r(id).status();
+        st.view == v && !st.in_view_change
+    }
+
     /// Liveness after a fault: each of `ids` is in view `min_view` or later, not changing views,
     /// and has executed `req`.
     pub fn assert_settled_and_executed(
