@@ -1226,9 +1226,9 @@ impl<A: App> Replica<A> {
             return;
         }
         // §4.5.2: the timer starts once 2f+1 replicas have given up on the old view, and doubles
-        // for every consecutive view change (up to `max_view_change_doublings`). A replica asking for a higher view has given up too,
-        // so it counts; otherwise replicas split between v and v+1 could wait for each other
-        // forever.
+        // for every consecutive view change (up to `max_view_change_doublings`). A replica
+        // asking for a higher view has given up too, so it counts; otherwise replicas split
+        // between v and v+1 could wait for each other forever.
         let given_up = self
             .view_changes
             .values()
