@@ -513,10 +513,7 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     }
     for _ in 0..200 {
         c.run_ticks(1);
-        if (1..3).all(|id| {
-            let st = c.r(id).status();
-            st.view == 1 && !st.in_view_change
-        }) {
+        if (1..3).all(|id| c.active_in(id, 1)) {
             break;
         }
     }
@@ -620,22 +617,14 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     for id in 1..4 {
         c.submit(id, b"R").unwrap();
     }
-    let in_view = |c: &mut Cluster, id: u64, v: u64| {
-        let st = c.r(id).status();
-        st.view == v && !st.in_view_change
-    };
     for _ in 0..400 {
         c.run_ticks(1);
-        if (0..3).all(|id| in_view(&mut c, id, 2)) {
+        if (0..3).all(|id| c.active_in(id, 2)) {
             break;
         }
     }
     for id in 0..3 {
-        assert!(
-            in_view(&mut c, id, 2),
-            "replica {id}: {:?}",
-            c.r(id).status()
-        );
+        assert!(c.active_in(id, 2), "replica {id}: {:?}", c.r(id).status());
     }
     let st = c.r(3).status();
     assert_eq!((st.view, st.in_view_change), (1, true), "replica 3: {st:?}");
@@ -646,11 +635,11 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     c.drop_kinds.clear();
     let timeout = c.cfgs[0].request_timeout_ticks;
     let mut ticks = 0;
-    while !in_view(&mut c, 3, 2) && ticks < timeout {
+    while !c.active_in(3, 2) && ticks < timeout {
         c.run_ticks(1);
         ticks += 1;
     }
-    assert!(in_view(&mut c, 3, 2), "replica 3: {:?}", c.r(3).status());
+    assert!(c.active_in(3, 2), "replica 3: {:?}", c.r(3).status());
     c.run_ticks(200);
     c.assert_settled_and_executed(0..4, 2, b"R");
     c.check_agreement();
