@@ -751,12 +751,12 @@ impl<A: App> Replica<A> {
     }
 
     /// A replica still asking for the view we are in, or an older one, missed its NEW-VIEW:
-    /// send it the NEW-VIEW that installed our view (self-certifying, so any replica may
-    /// re-send it, and doing so is always safe). For an older view
-    /// this is the only thing that moves the laggard: nobody else is changing views, so it
-    /// never sees the f+1 VIEW-CHANGEs that would make it join (§4.5.2). Backups relay it too:
-    /// the primary may itself have moved on to a view change, leaving the laggard with no one
-    /// to ask (PBFT sim seed 220 `1=ack-without-store`).
+    /// send it the NEW-VIEW that installed our view (self-certifying, so any replica may re-send
+    /// it, and doing so is always safe). For an older view this is the only thing that moves the
+    /// laggard: nobody else is changing views, so it never sees the f+1 VIEW-CHANGEs that would
+    /// make it join (§4.5.2). Backups relay it too: the primary may itself have moved on to a
+    /// view change, leaving the laggard with no one to ask (PBFT sim seed 220
+    /// `1=ack-without-store`).
     fn help_lagging_view_change(&mut self, p: &Payload, m: &SignedMessage) {
         let Payload::ViewChange(vc) = p else { return };
         if vc.new_view > self.view || self.in_view_change {

@@ -444,15 +444,7 @@ fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
     // Replicas 1 and 2 suspect primary 0; replica 3 joins on their f+1 VIEW-CHANGEs.
     c.submit(1, b"poke").unwrap();
     c.submit(2, b"poke").unwrap();
-    for _ in 0..200 {
-        c.run_ticks(1);
-        if (1..4).all(|id| {
-            let st = c.r(id).status();
-            st.view == 1 && !st.in_view_change
-        }) {
-            break;
-        }
-    }
+    c.run_until(200, |c| (1..4).all(|id| c.active_in(id, 1)));
     for id in 1..4 {
         let st = c.r(id).status();
         assert_eq!((st.view, st.in_view_change), (1, false), "replica {id}");
@@ -511,12 +503,7 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     for id in 1..4 {
         c.submit(id, b"R").unwrap();
     }
-    for _ in 0..200 {
-        c.run_ticks(1);
-        if (1..3).all(|id| c.active_in(id, 1)) {
-            break;
-        }
-    }
+    c.run_until(200, |c| (1..3).all(|id| c.active_in(id, 1)));
     for id in 1..3 {
         let st = c.r(id).status();
         assert_eq!((st.view, st.in_view_change), (1, false), "replica {id}");
@@ -526,11 +513,7 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     c.crash(1);
     c.restart(1);
     c.drop_kind_to.clear();
-    let mut ticks = 0;
-    while c.r(3).status().in_view_change && ticks < 10 {
-        c.run_ticks(1);
-        ticks += 1;
-    }
+    c.run_until(10, |c| !c.r(3).status().in_view_change);
     let st = c.r(3).status();
     assert_eq!(
         (st.view, st.in_view_change),
@@ -561,12 +544,7 @@ fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
     for id in 1..4 {
         c.submit(id, b"R").unwrap();
     }
-    for _ in 0..200 {
-        c.run_ticks(1);
-        if (0..3).all(|id| c.active_in(id, 1)) {
-            break;
-        }
-    }
+    c.run_until(200, |c| (0..3).all(|id| c.active_in(id, 1)));
     for id in 0..3 {
         assert!(c.active_in(id, 1), "replica {id}: {:?}", c.r(id).status());
     }
@@ -584,19 +562,15 @@ fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
     c.crash(0);
     c.restart(0);
     c.drop_kind_to.clear();
-    let timeout = c.cfgs[0].request_timeout_ticks;
-    let mut ticks = 0;
-    while !c.active_in(3, 1) && ticks < timeout {
-        c.run_ticks(1);
-        ticks += 1;
-    }
+    let timeout = c.cfgs[0].request_timeout_ticks as usize;
+    c.run_until(timeout, |c| c.active_in(3, 1));
     assert!(c.active_in(3, 1), "replica 3: {:?}", c.r(3).status());
     // With replica 3 back in step (and 2 back), a new request gets past the missing primary.
     c.restart(2);
     for id in [0, 2, 3] {
         c.submit(id, b"S").unwrap();
     }
-    c.run_ticks(20 * timeout as usize);
+    c.run_ticks(20 * timeout);
     c.assert_settled_and_executed([0, 2, 3], 2, b"S");
     c.check_agreement();
 }
@@ -617,12 +591,7 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     for id in 1..4 {
         c.submit(id, b"R").unwrap();
     }
-    for _ in 0..400 {
-        c.run_ticks(1);
-        if (0..3).all(|id| c.active_in(id, 2)) {
-            break;
-        }
-    }
+    c.run_until(400, |c| (0..3).all(|id| c.active_in(id, 2)));
     for id in 0..3 {
         assert!(c.active_in(id, 2), "replica {id}: {:?}", c.r(id).status());
     }
@@ -633,12 +602,8 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     // once the others' request timers fire, would pull it along by the f+1 rule).
     c.heal();
     c.drop_kinds.clear();
-    let timeout = c.cfgs[0].request_timeout_ticks;
-    let mut ticks = 0;
-    while !c.active_in(3, 2) && ticks < timeout {
-        c.run_ticks(1);
-        ticks += 1;
-    }
+    let timeout = c.cfgs[0].request_timeout_ticks as usize;
+    c.run_until(timeout, |c| c.active_in(3, 2));
     assert!(c.active_in(3, 2), "replica 3: {:?}", c.r(3).status());
     c.run_ticks(200);
     c.assert_settled_and_executed(0..4, 2, b"R");

@@ -260,6 +260,17 @@ impl Cluster {
         }
     }
 
+    /// Runs tick by tick until `done` holds or `max_ticks` have passed (the caller asserts
+    /// what it waited for).
+    pub fn run_until(&mut self, max_ticks: usize, mut done: impl FnMut(&mut Cluster) -> bool) {
+        for _ in 0..max_ticks {
+            if done(self) {
+                return;
+            }
+            self.run_ticks(1);
+        }
+    }
+
     pub fn submit(&mut self, id: u64, req: &[u8]) -> Result<(), SubmitError> {
         let r = self.r(id).submit(req.to_vec());
         self.pump(id);
