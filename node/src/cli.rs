@@ -79,7 +79,8 @@ enum Command {
     },
     /// Deterministic simulation of the real protocol code on a simulated network, clock and disk.
     /// Prints one line per seed (JSON lines with --json) and a summary; exit 3 if any seed saw a
-    /// safety violation, 4 if one stalled after the faults stopped.
+    /// safety violation, 5 if a node produced a message over the size budget, 4 if one stalled
+    /// after the faults stopped.
     Sim {
         #[arg(long, value_enum)]
         protocol: Protocol,
@@ -106,6 +107,9 @@ enum Command {
         /// Simulated clients, each with its own signing key.
         #[arg(long, default_value_t = 2)]
         clients: usize,
+        /// The size budget of every message; the simulated network refuses larger ones.
+        #[arg(long, default_value_t = crate::config::DEFAULT_MAX_MESSAGE_BYTES)]
+        max_message_bytes: usize,
         /// One JSON object per seed instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -279,6 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             drop,
             steps,
             clients,
+            max_message_bytes,
             json,
         } => {
             if !(0.0..=1.0).contains(&drop) {
@@ -299,6 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 drop,
                 steps,
                 clients,
+                max_message_bytes,
                 ..crate::sim::SimConfig::new(protocol, nodes, 0)
             };
             let code = crate::sim::sweep::run_sweep(&base, seeds.first, seeds.last, json)?;

@@ -190,6 +190,33 @@ pub struct NodeConfig {
     pub timing: Timing,
     #[serde(default)]
     pub batching: Batching,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Default [`Limits::max_message_bytes`]: 4 MiB, the network's frame limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = faultline_net::DEFAULT_MAX_FRAME_BYTES;
+/// Smallest [`Limits::max_message_bytes`] accepted: room for the largest transaction (two
+/// 64 KiB fields) with its envelope, so every legal transaction fits in some batch.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Resource limits. `max_message_bytes` is THE size budget of the system
+/// (docs/ARCHITECTURE.md "Every message fits"): the network refuses frames above it, and both
+/// protocol cores cut batches and split everything that grows with load or history (view
+/// changes, state transfer, block sync) so that no message they produce exceeds it. Every
+/// node of a cluster must use the same value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
 }
 
 /// Clock knobs. Protocol timeouts are counted in ticks so the cores stay clock-free.
@@ -258,6 +285,14 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "{}: batching sizes must be at least 1",
                 path.display()
+            )));
+        }
+        let max = c.limits.max_message_bytes;
+        if !(MIN_MAX_MESSAGE_BYTES..=u32::MAX as usize).contains(&max) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: limits.max_message_bytes must be between {MIN_MAX_MESSAGE_BYTES} and {}, got {max}",
+                path.display(),
+                u32::MAX
             )));
         }
         Ok(c)

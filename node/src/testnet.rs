@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::config::{
-    Batching, ClientEntry, ClusterConfig, NodeConfig, NodeEntry, Protocol, Timing,
+    Batching, ClientEntry, ClusterConfig, Limits, NodeConfig, NodeEntry, Protocol, Timing,
 };
 use crate::faults::ByzantineSpec;
 use crate::keys;
@@ -100,6 +100,7 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
                 .map(|b| b.mode),
             timing: spec.timing.clone(),
             batching: Batching::default(),
+            limits: Limits::default(),
         };
         write_toml(&node_dir.join("node.toml"), &node)?;
     }

@@ -158,6 +158,7 @@ pub struct EngineSetup<'a> {
     pub key: ed25519_dalek::SigningKey,
     pub timing: crate::config::Timing,
     pub batching: crate::config::Batching,
+    pub limits: crate::config::Limits,
     pub byzantine: Option<crate::faults::ByzantineMode>,
     /// Seeds election jitter (the simulator passes its run seed; `run` the node id).
     pub seed: u64,
@@ -172,6 +173,7 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 heartbeat_tick: setup.timing.heartbeat_ticks,
                 max_batch_txs: setup.batching.max_batch_txs,
                 max_inflight_batches: setup.batching.max_inflight_batches,
+                max_message_bytes: setup.limits.max_message_bytes,
                 seed: setup.seed,
                 ..raft::RaftOptions::default()
             };
@@ -191,6 +193,7 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 checkpoint_interval: setup.timing.checkpoint_interval,
                 max_batch_txs: setup.batching.max_batch_txs,
                 view_change_ticks: setup.timing.view_change_ticks,
+                max_message_bytes: setup.limits.max_message_bytes,
             };
             let public_keys: Vec<[u8; 32]> =
                 setup.cluster.nodes.iter().map(|n| n.public_key).collect();

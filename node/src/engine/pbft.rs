@@ -103,6 +103,8 @@ pub struct PbftOptions {
     pub checkpoint_interval: u64,
     pub max_batch_txs: usize,
     pub view_change_ticks: u32,
+    /// The size budget every message must fit (`Limits::max_message_bytes`).
+    pub max_message_bytes: usize,
 }
 
 pub struct PbftEngine {

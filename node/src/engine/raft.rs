@@ -31,6 +31,8 @@ pub struct RaftOptions {
     pub compact_every: u64,
     /// Transactions queued at the leader before proposals are refused (back-pressure).
     pub max_pending_txs: usize,
+    /// The size budget every message must fit (`Limits::max_message_bytes`).
+    pub max_message_bytes: usize,
     pub seed: u64,
 }
 
@@ -43,6 +45,7 @@ impl Default for RaftOptions {
             max_inflight_batches: 8,
             compact_every: 1024,
             max_pending_txs: 200_000,
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             seed: 0,
         }
     }

@@ -124,6 +124,12 @@ impl Driver {
                     Err(SendError::QueueFull) => {
                         tracing::debug!(to = m.to, kind = m.kind, "send queue full; dropped")
                     }
+                    Err(e @ SendError::TooLarge { .. }) => {
+                        // The cores cut everything to the budget, so this is a bug: loud, and
+                        // counted where operators look (the simulator fails such a run).
+                        tracing::error!(to = m.to, kind = m.kind, error = %e, "BUG: oversized message not sent");
+                        self.shared.metrics.count_rejected("oversized", 1);
+                    }
                     Err(e) => tracing::debug!(to = m.to, error = %e, "send failed"),
                 }
             }

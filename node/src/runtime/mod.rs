@@ -101,6 +101,7 @@ async fn run_async(
             key: key.clone(),
             timing: node.timing.clone(),
             batching: node.batching.clone(),
+            limits: node.limits.clone(),
             byzantine: node.byzantine,
             seed: node.id,
         },
@@ -118,10 +119,13 @@ async fn run_async(
         });
     }
     let listen = parse_addr(&me.p2p, "own p2p address")?;
-    let (net, inbound) =
-        faultline_net::start(NetConfig::new(node.id, key.to_bytes(), listen, peers))
-            .await
-            .context("cannot start the network")?;
+    let mut net_config = NetConfig::new(node.id, key.to_bytes(), listen, peers);
+    // One budget for the transport and the cores: a frame the cores may produce is never
+    // refused by the network, and the network never accepts more than the cores expect.
+    net_config.max_frame_bytes = node.limits.max_message_bytes;
+    let (net, inbound) = faultline_net::start(net_config)
+        .await
+        .context("cannot start the network")?;
 
     let listener = tokio::net::TcpListener::bind(me.api)
         .await

@@ -51,6 +51,10 @@ pub struct SimConfig {
     /// fault phase.
     pub drop: f64,
     pub clients: usize,
+    /// The size budget of every message (`Limits::max_message_bytes`): the simulated network
+    /// refuses larger messages exactly as the real one does, and a run in which any node
+    /// produces one fails (verdict OVERSIZED).
+    pub max_message_bytes: usize,
 }
 
 impl SimConfig {
@@ -65,6 +69,7 @@ impl SimConfig {
             partition: false,
             drop: 0.0,
             clients: 2,
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -90,16 +95,19 @@ pub struct SimReport {
     pub heal_commits: u64,
     pub safe: bool,
     pub live: bool,
+    /// Messages a node produced above the size budget (refused by the network; a bug).
+    pub oversized: u64,
     pub first_diverging_height: Option<u64>,
     pub detail: Option<String>,
 }
 
 impl SimReport {
     pub fn verdict(&self) -> &'static str {
-        match (self.safe, self.live) {
-            (false, _) => "UNSAFE",
-            (true, false) => "STALLED",
-            (true, true) => "ok",
+        match (self.safe, self.oversized > 0, self.live) {
+            (false, _, _) => "UNSAFE",
+            (true, true, _) => "OVERSIZED",
+            (true, false, false) => "STALLED",
+            (true, false, true) => "ok",
         }
     }
 
@@ -302,6 +310,7 @@ impl Sim {
             heal_commits: 0,
             safe: true,
             live: true,
+            oversized: 0,
             first_diverging_height: None,
             detail: None,
         };
@@ -392,6 +401,9 @@ impl Sim {
                 key: sim_node_key(id as usize),
                 timing: sim_timing(),
                 batching: Batching::default(),
+                limits: crate::config::Limits {
+                    max_message_bytes: self.cfg.max_message_bytes,
+                },
                 byzantine: node.byzantine,
                 seed: self.cfg.seed,
             },
@@ -444,6 +456,21 @@ impl Sim {
         self.report.messages += 1;
         self.report.bytes += m.bytes.len() as u64;
         *self.report.messages_by_type.entry(m.kind).or_insert(0) += 1;
+        if m.bytes.len() > self.cfg.max_message_bytes {
+            // The real network refuses this frame (faultline-net `SendError::TooLarge`); so
+            // does the simulated one, and the run fails: the cores must never produce one.
+            if self.report.oversized == 0 {
+                self.report.detail = Some(format!(
+                    "node {from} sent a {}-byte {} message to node {}, over the {}-byte budget",
+                    m.bytes.len(),
+                    m.kind,
+                    m.to,
+                    self.cfg.max_message_bytes
+                ));
+            }
+            self.report.oversized += 1;
+            return;
+        }
         let drop = if self.faults_on { self.cfg.drop } else { 0.0 };
         if self.chance(drop) {
             return;
@@ -707,6 +734,10 @@ impl Sim {
             self.report.live = false;
             self.report.first_diverging_height = Some(height);
             self.report.detail = Some(detail);
+            return Ok(self.into_parts());
+        }
+        if self.report.oversized > 0 {
+            // The detail names the first oversized message; liveness is moot.
             return Ok(self.into_parts());
         }
         // Liveness after stabilisation: new blocks after the heal, and every correct node

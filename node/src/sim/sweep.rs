@@ -10,16 +10,19 @@ use super::{run, SimConfig, SimError, SimReport};
 
 /// Exit code of a sweep that stalled (no progress or no convergence after the faults stopped).
 pub const EXIT_STALLED: u8 = 4;
+/// Exit code of a sweep in which a node produced a message over the size budget.
+pub const EXIT_OVERSIZED: u8 = 5;
 
 /// Runs seeds `first..=last` of `base`, prints one line (or JSON object) per seed and a summary
-/// line; returns the exit code (0 ok, 3 unsafe, 4 stalled).
+/// line; returns the exit code (0 ok, 3 unsafe, 5 oversized, 4 stalled).
 pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<u8, SimError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = AtomicU64::new(first);
     // Set when stdout is gone (e.g. piped into `head`): stop quietly instead of panicking.
     let closed = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(u64, Result<SimReport, SimError>)>();
-    let mut counts = (0u64, 0u64, 0u64);
+    // ok, unsafe, stalled, oversized
+    let mut counts = (0u64, 0u64, 0u64, 0u64);
     let mut first_error = None;
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -59,6 +62,7 @@ pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<
                         match report.verdict() {
                             "ok" => counts.0 += 1,
                             "UNSAFE" => counts.1 += 1,
+                            "OVERSIZED" => counts.3 += 1,
                             _ => counts.2 += 1,
                         }
                     }
@@ -78,15 +82,18 @@ pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<
     if !json && !closed.load(Ordering::SeqCst) {
         let _ = writeln!(
             std::io::stdout(),
-            "summary: seeds={} ok={} unsafe={} stalled={}",
+            "summary: seeds={} ok={} unsafe={} stalled={} oversized={}",
             last - first + 1,
             counts.0,
             counts.1,
-            counts.2
+            counts.2,
+            counts.3
         );
     }
     Ok(if counts.1 > 0 {
         crate::cli::EXIT_UNSAFE
+    } else if counts.3 > 0 {
+        EXIT_OVERSIZED
     } else if counts.2 > 0 {
         EXIT_STALLED
     } else {
