@@ -25,13 +25,39 @@ pub struct Config {
     pub max_inflight: usize,
     /// Maximum entries in one AppendEntries (batching bound).
     pub max_entries_per_msg: usize,
-    /// Maximum bytes of entry data in one AppendEntries; at least one entry is always sent.
-    pub max_bytes_per_msg: usize,
+    /// The size budget of one message on the wire, envelope included: an AppendEntries is
+    /// packed with entries while their encoded size fits, a proposal that could never fit in
+    /// one message is refused ([`crate::ProposeError::TooLarge`]), and so is a compaction
+    /// whose snapshot would not fit an InstallSnapshot. The transport refuses larger frames,
+    /// so an entry above it would be retried forever and wedge replication.
+    pub max_msg_bytes: usize,
     /// Seed of the election-jitter RNG, so runs are reproducible.
     pub seed: u64,
 }
 
+/// Upper bound on the encoded size of a [`crate::Message`] without its entries or snapshot
+/// data: three ids/terms, the body tag, four varint u64s, an optional read context and the
+/// length prefix of the entry vector. postcard writes a u64 in at most 10 bytes.
+pub const MESSAGE_OVERHEAD: usize = 128;
+/// Upper bound on the encoded size of an [`crate::Entry`] besides its data: term, index and
+/// the data's length prefix, each a varint of at most 10 bytes.
+pub const ENTRY_OVERHEAD: usize = 32;
+/// Smallest accepted [`Config::max_msg_bytes`]: room for the envelope and some data.
+pub const MIN_MSG_BYTES: usize = 1024;
+
 impl Config {
+    /// Largest `data` a proposal may carry: one such entry alone fills an AppendEntries to
+    /// exactly [`Config::max_msg_bytes`].
+    pub fn max_entry_data_bytes(&self) -> usize {
+        self.max_msg_bytes
+            .saturating_sub(MESSAGE_OVERHEAD + ENTRY_OVERHEAD)
+    }
+
+    /// Encoded-size bound of one entry with `data_len` bytes of data.
+    pub fn entry_size(data_len: usize) -> usize {
+        data_len.saturating_add(ENTRY_OVERHEAD)
+    }
+
     /// Defaults matching etcd-raft's usual settings: 10-tick elections, 1-tick heartbeats,
     /// pre-vote and check-quorum on. The seed defaults to the id so members draw different
     /// timeouts.
@@ -45,7 +71,7 @@ impl Config {
             check_quorum: true,
             max_inflight: 256,
             max_entries_per_msg: 64,
-            max_bytes_per_msg: 1 << 20,
+            max_msg_bytes: 4 << 20,
             seed: id,
         }
     }
@@ -75,8 +101,11 @@ impl Config {
         if self.max_entries_per_msg == 0 {
             return Err(ConfigError::Zero("max_entries_per_msg"));
         }
-        if self.max_bytes_per_msg == 0 {
-            return Err(ConfigError::Zero("max_bytes_per_msg"));
+        if self.max_msg_bytes < MIN_MSG_BYTES {
+            return Err(ConfigError::MessageBudgetTooSmall {
+                max_msg_bytes: self.max_msg_bytes,
+                min: MIN_MSG_BYTES,
+            });
         }
         Ok(())
     }
@@ -101,6 +130,14 @@ pub enum ConfigError {
         heartbeat_tick: u32,
         /// Configured election timeout.
         election_tick: u32,
+    },
+    /// `max_msg_bytes` leaves no room for entries.
+    #[error("max_msg_bytes ({max_msg_bytes}) must be at least {min}")]
+    MessageBudgetTooSmall {
+        /// Configured budget.
+        max_msg_bytes: usize,
+        /// Smallest accepted budget.
+        min: usize,
     },
     /// A limit that must be positive is zero.
     #[error("{0} must be at least 1")]

@@ -32,6 +32,14 @@ pub enum RaftError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// `compact` was given snapshot data that would not fit one InstallSnapshot message.
+    #[error("snapshot of {size} bytes exceeds the {max}-byte message budget")]
+    SnapshotTooLarge {
+        /// Size of the snapshot data.
+        size: usize,
+        /// Largest snapshot data an InstallSnapshot may carry.
+        max: usize,
+    },
     /// The persisted state handed to `restart` is inconsistent.
     #[error("corrupt persisted state: {0}")]
     CorruptState(&'static str),
@@ -63,6 +71,15 @@ pub enum ProposeError {
     /// Empty data is reserved for the leader no-op.
     #[error("empty proposal")]
     Empty,
+    /// The proposal could never be sent: one entry with this data alone would exceed the
+    /// message budget ([`crate::Config::max_msg_bytes`]). Split it into smaller commands.
+    #[error("proposal of {size} bytes exceeds the {max}-byte limit of one entry")]
+    TooLarge {
+        /// Size of the refused data.
+        size: usize,
+        /// Largest data an entry may carry ([`crate::Config::max_entry_data_bytes`]).
+        max: usize,
+    },
     /// The transfer target is not a member.
     #[error("unknown peer {0}")]
     UnknownPeer(NodeId),

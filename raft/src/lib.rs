@@ -26,7 +26,7 @@ mod raft;
 mod raw_node;
 mod read_only;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ENTRY_OVERHEAD, MESSAGE_OVERHEAD, MIN_MSG_BYTES};
 pub use error::{ProposeError, RaftError};
 pub use message::{Entry, HardState, Message, MessageBody, NodeId, Snapshot};
 pub use progress::ProgressState;

@@ -4,6 +4,7 @@
 //! The core keeps every entry after the last snapshot in memory; the driver's storage is a
 //! mirror it writes from [`crate::Ready`]. Compaction (`compact`) is what bounds memory.
 
+use crate::config::Config;
 use crate::message::{Entry, Snapshot};
 
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub(crate) struct RaftLog {
     pub(crate) snapshot: Option<Snapshot>,
     /// A snapshot received from the leader that the driver has not been given yet.
     pub(crate) pending_snapshot: Option<Snapshot>,
+    /// While set, committed entries are not handed out (see [`crate::RawNode::hold_apply`]).
+    pub(crate) apply_held: bool,
 }
 
 impl RaftLog {
@@ -45,6 +48,7 @@ impl RaftLog {
             unstable_from: last + 1,
             snapshot,
             pending_snapshot: None,
+            apply_held: false,
         }
     }
 
@@ -127,8 +131,12 @@ impl RaftLog {
         }
     }
 
-    /// Entries from `lo` on, at most `max_entries` and about `max_bytes` (always at least one
-    /// entry if any exists). `None` if `lo` is compacted (the follower needs a snapshot).
+    /// Entries from `lo` on, at most `max_entries` and at most `max_bytes` of encoded entries
+    /// ([`crate::Config::entry_size`] each). `None` if `lo` is compacted (the follower needs a
+    /// snapshot). If even the first entry alone exceeds `max_bytes` it is returned alone:
+    /// proposals are checked against the budget, so only an entry written under a larger
+    /// budget can do that, and sending it (the transport then refuses it loudly) is better
+    /// than stalling silently.
     pub(crate) fn entries_from(
         &self,
         lo: u64,
@@ -145,7 +153,7 @@ impl RaftLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for e in self.entries.iter().skip(start).take(max_entries) {
-            bytes = bytes.saturating_add(e.data.len());
+            bytes = bytes.saturating_add(Config::entry_size(e.data.len()));
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
@@ -213,12 +221,12 @@ impl RaftLog {
     }
 
     pub(crate) fn has_committed_to_apply(&self) -> bool {
-        self.committed > self.applied
+        !self.apply_held && self.committed > self.applied
     }
 
     /// Committed entries not yet handed to the application; they are now its to apply.
     pub(crate) fn take_committed(&mut self) -> Vec<Entry> {
-        if self.committed <= self.applied {
+        if self.apply_held || self.committed <= self.applied {
             return Vec::new();
         }
         let lo = self.applied.max(self.snapshot_index) + 1;
@@ -304,8 +312,11 @@ mod tests {
                 data: vec![0; 10],
             });
         }
+        // Each entry costs 10 bytes of data plus ENTRY_OVERHEAD.
+        let one = Config::entry_size(10);
         assert_eq!(l.entries_from(1, 3, 1000).map(|v| v.len()), Some(3));
-        assert_eq!(l.entries_from(1, 10, 25).map(|v| v.len()), Some(2));
+        assert_eq!(l.entries_from(1, 10, 2 * one).map(|v| v.len()), Some(2));
+        assert_eq!(l.entries_from(1, 10, 3 * one - 1).map(|v| v.len()), Some(2));
         assert_eq!(l.entries_from(1, 10, 1).map(|v| v.len()), Some(1));
     }
 

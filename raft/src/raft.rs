@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::config::Config;
+use crate::config::{Config, MESSAGE_OVERHEAD};
 use crate::error::{ProposeError, RaftError};
 use crate::log::RaftLog;
 use crate::message::{Entry, HardState, Message, MessageBody, NodeId, Snapshot};
@@ -327,7 +327,7 @@ impl Raft {
         let ents = self.log.entries_from(
             pr.next_index,
             self.cfg.max_entries_per_msg,
-            self.cfg.max_bytes_per_msg,
+            self.cfg.max_msg_bytes.saturating_sub(MESSAGE_OVERHEAD),
         );
         match (prev_term, ents) {
             (Some(prev_log_term), Some(entries)) => {
@@ -462,6 +462,16 @@ impl Raft {
         if self.transferee.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
+        // An entry that cannot fit in one AppendEntries would be retried forever at the head
+        // of the follower's log and stall replication (§5.3 sends entries in log order), so
+        // it is refused here, where the client can still be told.
+        let max = self.cfg.max_entry_data_bytes();
+        if data.len() > max {
+            return Err(ProposeError::TooLarge {
+                size: data.len(),
+                max,
+            });
+        }
         let index = self.append_entry(data);
         self.pending_bcast = true;
         self.maybe_commit();
@@ -536,6 +546,15 @@ impl Raft {
     }
 
     pub(crate) fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), RaftError> {
+        // Raft §7 sends the snapshot in one InstallSnapshot here (no chunking): data that
+        // cannot fit would leave every follower behind it unable to catch up.
+        let max = self.cfg.max_msg_bytes.saturating_sub(MESSAGE_OVERHEAD);
+        if data.len() > max {
+            return Err(RaftError::SnapshotTooLarge {
+                size: data.len(),
+                max,
+            });
+        }
         if self.log.compact(index, data) {
             Ok(())
         } else {

@@ -199,6 +199,21 @@ impl RawNode {
         self.raft.compact(index, data)
     }
 
+    /// Hold (`true`) or resume (`false`) handing committed entries to the application.
+    /// Replication, voting and commitment go on; only `Ready::committed` stays empty, and the
+    /// applied index stays where it is. For an application whose state is not yet where the
+    /// log starts: after installing a snapshot that names a state it must first fetch (Raft
+    /// §7 leaves how the state machine is restored to the application), applying the entries
+    /// after the snapshot on top of an older state would corrupt it.
+    pub fn hold_apply(&mut self, hold: bool) {
+        self.raft.log.apply_held = hold;
+    }
+
+    /// Whether applying is held (see [`RawNode::hold_apply`]).
+    pub fn apply_held(&self) -> bool {
+        self.raft.log.apply_held
+    }
+
     /// The snapshot the log currently starts from (made by [`RawNode::compact`] or received
     /// from the leader), so the driver persists exactly what the core will serve.
     pub fn snapshot(&self) -> Option<&Snapshot> {

@@ -255,12 +255,17 @@ fn config_validation() {
         (10, 1, true, true)
     );
     assert_eq!(
-        (
-            ok.max_inflight,
-            ok.max_entries_per_msg,
-            ok.max_bytes_per_msg
-        ),
-        (256, 64, 1 << 20)
+        (ok.max_inflight, ok.max_entries_per_msg, ok.max_msg_bytes),
+        (256, 64, 4 << 20)
+    );
+    let mut c = ok.clone();
+    c.max_msg_bytes = 100;
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::MessageBudgetTooSmall {
+            max_msg_bytes: 100,
+            min: faultline_raft::MIN_MSG_BYTES
+        })
     );
     assert_eq!(
         Config::new(4, vec![1, 2, 3]).validate(),
