@@ -23,6 +23,11 @@ pub struct Config {
     pub watermark_window: u64,
     /// Maximum number of requests in one pre-prepare. Default 256.
     pub max_batch: usize,
+    /// The size budget of every message this replica sends (the network refuses larger
+    /// frames). Batches are cut by bytes as well as by count so that a pre-prepare with its
+    /// batch, and a committed batch with its certificate in a state-transfer reply, always fit;
+    /// see [`Config::batch_budget`]. Default 4 MiB.
+    pub max_message_bytes: usize,
     /// Base view-change timeout T in ticks; doubled for each consecutive view change (§4.5.2).
     pub view_change_timeout_ticks: u32,
     /// At most this many doublings of T (default 3, so the timeout tops out at 8T). The paper's
@@ -46,6 +51,7 @@ impl Config {
             checkpoint_interval: 16,
             watermark_window: 64,
             max_batch: 256,
+            max_message_bytes: 4 << 20,
             view_change_timeout_ticks: 20,
             max_view_change_doublings: 3,
             request_timeout_ticks: 40,
@@ -74,6 +80,15 @@ impl Config {
         view % (self.n().max(1) as u64)
     }
 
+    /// Bytes a batch's requests may take (each request counted with its length prefix, see
+    /// [`request_cost`]): the message budget minus room for the envelope, the signed
+    /// pre-prepare header and — in a state-transfer reply — the commit certificate of up to n
+    /// signatures. A request whose cost exceeds this fits in no batch and is refused.
+    pub fn batch_budget(&self) -> usize {
+        self.max_message_bytes
+            .saturating_sub(ENVELOPE_RESERVE + CERT_ENTRY_RESERVE * self.n())
+    }
+
     /// Checks the configuration before a replica is built from it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.n();
@@ -97,6 +112,9 @@ impl Config {
         if self.max_batch == 0 {
             return Err(ConfigError::ZeroBatch);
         }
+        if self.batch_budget() < MIN_BATCH_BUDGET {
+            return Err(ConfigError::BudgetTooSmall(self.max_message_bytes));
+        }
         if self.view_change_timeout_ticks == 0 || self.request_timeout_ticks == 0 {
             return Err(ConfigError::ZeroTimeout);
         }
@@ -107,6 +125,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The smallest batch budget accepted: 4 KiB of requests.
+pub const MIN_BATCH_BUDGET: usize = 4096;
+
+/// Room reserved in every batch-carrying message for everything but the requests: the outer
+/// envelope and signature, the signed pre-prepare header, sequence numbers and length prefixes
+/// (a few hundred bytes in practice; generous so that no encoding detail can push a message over).
+pub const ENVELOPE_RESERVE: usize = 1024;
+/// Room per replica for one commit-certificate entry (id + 64-byte signature, encoded).
+pub const CERT_ENTRY_RESERVE: usize = 80;
+
+/// What one request adds to an encoded batch: its bytes plus the largest length prefix.
+pub fn request_cost(request_len: usize) -> usize {
+    request_len.saturating_add(10)
 }
 
 pub(crate) fn quorum(n: usize, f: usize) -> usize {
@@ -128,6 +161,8 @@ pub enum ConfigError {
     BadWindow { window: u64, interval: u64 },
     #[error("max_batch must be at least 1")]
     ZeroBatch,
+    #[error("max_message_bytes {0} leaves too little room for a batch")]
+    BudgetTooSmall(usize),
     #[error("timeouts must be at least one tick")]
     ZeroTimeout,
     #[error("public key of replica {0} appears twice")]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use certificate::{CertificateError, CommitCertificate, CommittedBatch, NULL_DIGEST};
-pub use config::{Config, ConfigError, NodeId};
+pub use config::{request_cost, Config, ConfigError, NodeId};
 pub use crypto::{Signature64, DOMAIN};
 pub use message::{
     decode_and_verify, decode_payload, decode_signed, encode_payload, reason, sign, sign_message,

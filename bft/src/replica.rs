@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::certificate::{CommitCertificate, CommittedBatch, NULL_DIGEST};
 use crate::checkpoint::{CheckpointVotes, StableCheckpoint};
-use crate::config::{Config, ConfigError, NodeId};
+use crate::config::{request_cost, Config, ConfigError, NodeId};
 use crate::crypto::{sha256, VerifyCache};
 use crate::log::Slot;
 use crate::message::{
@@ -73,6 +73,8 @@ pub struct Replica<A: App> {
 
     queue: VecDeque<(Hash, Vec<u8>)>,
     queued: BTreeSet<Hash>,
+    /// Sum of `request_cost` over `queue`: a batch is cut as soon as a full one is waiting.
+    queued_bytes: usize,
     /// Requests in pre-prepares not yet executed (bodies kept: a view change hands them back to
     /// `pending` so they are re-submitted to the next primary).
     in_flight: BTreeMap<Hash, Vec<u8>>,
@@ -130,6 +132,7 @@ impl<A: App> Replica<A> {
             checkpoints: CheckpointVotes::default(),
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
+            queued_bytes: 0,
             in_flight: BTreeMap::new(),
             recent: BTreeSet::new(),
             recent_order: VecDeque::new(),
@@ -417,7 +420,9 @@ impl<A: App> Replica<A> {
     /// A client request received at this replica. The primary queues it for the next batch; a
     /// backup relays it to the primary and starts its request timer (PBFT §4.1, §4.4).
     pub fn submit(&mut self, request: Vec<u8>) -> Result<(), SubmitError> {
-        if request.len() > MAX_REQUEST_BYTES {
+        if request.len() > MAX_REQUEST_BYTES
+            || request_cost(request.len()) > self.cfg.batch_budget()
+        {
             return Err(SubmitError::TooLarge(request.len()));
         }
         if self.app.request_digest(&request).is_none() {
@@ -472,22 +477,46 @@ impl<A: App> Replica<A> {
             return;
         }
         self.queued.insert(h);
+        self.queued_bytes += request_cost(request.len());
         self.queue.push_back((h, request));
     }
 
-    /// The primary cuts batches: when `max_batch` requests are queued, or any on a tick, while
-    /// the next sequence number is inside the watermark window (§4.2 pipelining).
+    /// How many requests from the head of the queue make the next batch: at most `max_batch`
+    /// and at most `batch_budget` bytes, so the pre-prepare carrying it (and later the
+    /// state-transfer reply carrying it with its certificate) fits the message budget. At least
+    /// one: every queued request fits a batch on its own (checked when it was accepted).
+    fn next_batch_len(&self) -> usize {
+        let budget = self.cfg.batch_budget();
+        let mut bytes = 0usize;
+        let mut take = 0usize;
+        for (_, r) in self.queue.iter().take(self.cfg.max_batch) {
+            let cost = request_cost(r.len());
+            if take > 0 && bytes + cost > budget {
+                break;
+            }
+            bytes += cost;
+            take += 1;
+        }
+        take
+    }
+
+    /// The primary cuts batches: when `max_batch` requests or a batch budget of bytes are
+    /// queued, or any on a tick, while the next sequence number is inside the watermark window
+    /// (§4.2 pipelining).
     fn propose(&mut self, force: bool) {
         while !self.in_view_change
             && self.is_primary()
             && !self.queue.is_empty()
             && self.next_seq <= self.high()
-            && (force || self.queue.len() >= self.cfg.max_batch)
+            && (force
+                || self.queue.len() >= self.cfg.max_batch
+                || self.queued_bytes >= self.cfg.batch_budget())
         {
-            let take = self.cfg.max_batch.min(self.queue.len());
+            let take = self.next_batch_len();
             let batch: Vec<(Hash, Vec<u8>)> = self.queue.drain(..take).collect();
-            for (h, _) in &batch {
+            for (h, r) in &batch {
                 self.queued.remove(h);
+                self.queued_bytes -= request_cost(r.len());
             }
             let requests: Vec<Vec<u8>> = batch.iter().map(|(_, r)| r.clone()).collect();
             let digest = match self.batch_digest(&requests) {
@@ -783,6 +812,9 @@ impl<A: App> Replica<A> {
     fn on_request(&mut self, r: Request) -> Result<(), &'static str> {
         if !self.is_primary() || self.in_view_change {
             return Err(reason::NOT_PRIMARY);
+        }
+        if request_cost(r.request.len()) > self.cfg.batch_budget() {
+            return Err(reason::TOO_LARGE);
         }
         if self.app.request_digest(&r.request).is_none() {
             return Err(reason::INVALID_REQUEST);
@@ -1166,6 +1198,7 @@ impl<A: App> Replica<A> {
         let mut orphans: Vec<(Hash, Vec<u8>)> = self.queue.drain(..).collect();
         orphans.extend(std::mem::take(&mut self.in_flight));
         self.queued.clear();
+        self.queued_bytes = 0;
         for (h, r) in orphans {
             if !self.recent.contains(&h) {
                 self.pending.insert(h, r);

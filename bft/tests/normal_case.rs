@@ -194,3 +194,38 @@ fn deterministic_outputs() {
     };
     assert_eq!(run(), run());
 }
+
+/// Batches are cut by bytes as well as by count: with a small message budget, large requests
+/// are split over several pre-prepares that each fit (the harness refuses larger messages), and
+/// a request that could fit in no batch is refused up front.
+#[test]
+fn batches_are_cut_by_bytes_and_oversized_requests_refused() {
+    let mut c = Cluster::with(4, |cfg| {
+        cfg.max_batch = 64;
+        cfg.max_message_bytes = 16 * 1024;
+    });
+    let budget = c.cfgs[0].batch_budget();
+    let reqs: Vec<Vec<u8>> = (0..12u8)
+        .map(|i| {
+            let mut r = vec![i; 3000];
+            r[0] = b'a';
+            r
+        })
+        .collect();
+    for r in &reqs {
+        c.submit(0, r).unwrap();
+    }
+    c.run_ticks(3);
+    let got = c.committed(1);
+    let total: usize = got.iter().map(|b| b.2.len()).sum();
+    assert_eq!(total, 12, "every request executed");
+    assert!(got.len() >= 3, "12 × 3 KB cannot fit one 16 KiB batch");
+    for b in &got {
+        let bytes: usize = b.2.iter().map(|r| request_cost(r.len())).sum();
+        assert!(bytes <= budget, "batch of {bytes} bytes over {budget}");
+    }
+    c.check_agreement();
+    let huge = vec![b'h'; budget];
+    assert_eq!(c.submit(0, &huge), Err(SubmitError::TooLarge(budget)));
+    assert_eq!(c.submit(1, &huge), Err(SubmitError::TooLarge(budget)));
+}

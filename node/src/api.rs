@@ -265,6 +265,9 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
                     "no leader is known yet (an election is under way); retry shortly",
                 ))
             }
+            Ok(Err(e @ ProposeError::TooLarge { .. })) => {
+                return Submitted::Failed(error(StatusCode::PAYLOAD_TOO_LARGE, e))
+            }
             Ok(Err(e)) => return Submitted::Failed(error(StatusCode::SERVICE_UNAVAILABLE, e)),
             Err(_) => {
                 return Submitted::Failed(error(

@@ -172,7 +172,15 @@ impl Cluster {
                     }
                 }
             }
+            let budget = self.cfgs[id as usize].max_message_bytes;
             for m in ready.messages {
+                // The network refuses frames above the budget; so does this harness.
+                assert!(
+                    m.bytes.len() <= budget,
+                    "replica {id} sent a {} of {} bytes, over the {budget}-byte budget",
+                    m.kind,
+                    m.bytes.len()
+                );
                 *self.sent.entry(m.kind).or_default() += 1;
                 let env = Env {
                     from: id,

@@ -58,6 +58,10 @@ pub enum ProposeError {
     NotLeader { leader: Option<NodeId> },
     #[error("too many transactions are waiting; retry later")]
     Busy,
+    /// A transaction that fits in no batch under the cluster's message budget
+    /// (`limits.max_message_bytes`); the API answers `413`.
+    #[error("a transaction of {bytes} bytes cannot fit in any batch (at most {max} bytes)")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -192,6 +192,7 @@ impl PbftEngine {
         cfg.checkpoint_interval = opts.checkpoint_interval.max(1);
         cfg.watermark_window = 4 * cfg.checkpoint_interval;
         cfg.max_batch = opts.max_batch_txs.max(1);
+        cfg.max_message_bytes = opts.max_message_bytes;
         cfg.view_change_timeout_ticks = opts.view_change_ticks.max(1);
         cfg.request_timeout_ticks = opts.view_change_ticks.max(1).saturating_mul(2);
         let f = cfg.f();
@@ -291,10 +292,25 @@ impl Engine for PbftEngine {
     fn propose(&mut self, txs: Vec<Tx>) -> Result<(), ProposeError> {
         // The caller checked these signatures (the API batch-verifies every request): record
         // them so neither `submit` nor the pre-prepare's batch check verifies them again.
+        let encoded: Vec<Vec<u8>> = txs
+            .iter()
+            .map(|tx| postcard::to_allocvec(tx).unwrap_or_default())
+            .collect();
+        // Refuse the whole request before submitting any of it if one transaction can never
+        // be ordered: no batch under the message budget could carry it.
+        let budget = self.replica.config().batch_budget();
+        if let Some(big) = encoded
+            .iter()
+            .find(|b| faultline_bft::request_cost(b.len()) > budget)
+        {
+            return Err(ProposeError::TooLarge {
+                bytes: big.len(),
+                max: budget.saturating_sub(faultline_bft::request_cost(0)),
+            });
+        }
         let hashes: Vec<[u8; 32]> = txs.iter().map(Tx::hash).collect();
         self.replica.app().remember(&hashes);
-        for tx in txs {
-            let bytes = postcard::to_allocvec(&tx).unwrap_or_default();
+        for bytes in encoded {
             match self.replica.submit(bytes) {
                 Ok(()) | Err(SubmitError::Duplicate) => {}
                 // The caller verified the signature; an invalid one here is not permitted.
