@@ -4,14 +4,14 @@
 //! payload length followed by that many bytes of opaque engine message.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use libp2p::swarm::{ConnectionId, Stream};
 use tokio::sync::mpsc;
 
-use crate::{Ctrl, Inbound, NodeId, Shared};
+use crate::{Credit, Ctrl, Inbound, NodeId, Shared};
 
 /// Frames are gathered into one buffer until it reaches this size, then written and flushed.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -67,7 +67,10 @@ pub(crate) async fn writer_task(
                 let Some(first) = m else { return };
                 let (conn, stream) = current.as_mut().expect("guarded by the select condition");
                 let mut tally = BatchTally::default();
-                let res = write_batch(stream, &mut buf, first, &mut queue, &mut tally).await;
+                let Some(queued_bytes) = shared.queued_bytes.get(&node) else { return };
+                let res =
+                    write_batch(stream, &mut buf, first, &mut queue, queued_bytes, &mut tally)
+                        .await;
                 match res {
                     Ok(()) => shared.count_sent(&tally),
                     Err(e) => {
@@ -89,12 +92,14 @@ async fn write_batch(
     buf: &mut Vec<u8>,
     first: Outgoing,
     queue: &mut mpsc::Receiver<Outgoing>,
+    queued_bytes: &AtomicUsize,
     tally: &mut BatchTally,
 ) -> io::Result<()> {
     buf.clear();
     let mut next = Some(first);
     while let Some(m) = next.take() {
         let len = m.bytes.len();
+        queued_bytes.fetch_sub(len, Ordering::Relaxed);
         tally.add(m.kind, len);
         buf.extend_from_slice(&(len as u32).to_be_bytes());
         if len >= DIRECT_WRITE_BYTES {
@@ -155,45 +160,76 @@ pub(crate) async fn reader_task<R: AsyncRead + Unpin>(
                 _ => return,
             }
         }
-        let mut bytes = vec![0u8; len];
-        if let Err(e) = r.read_exact(&mut bytes).await {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
+        // Reserve the frame's bytes from this peer's inbound budget before reading it: a peer
+        // that sends faster than the node consumes waits here (and yamux's flow control then
+        // stalls only its stream), instead of filling the node's memory or the shared queue.
+        let credit = match shared.inbound_budget(node) {
+            Some(budget) => match budget.acquire_many_owned(len as u32).await {
+                Ok(p) => Some(p),
+                Err(_) => return, // the network is shutting down
+            },
+            None => None,
+        };
+        // Grow the buffer as bytes arrive rather than allocating the announced length up front:
+        // a length prefix alone must not make the node allocate megabytes.
+        let mut bytes = Vec::with_capacity(len.min(READ_BUFFER_BYTES));
+        match (&mut r).take(len as u64).read_to_end(&mut bytes).await {
+            Ok(n) if n == len => {}
+            Ok(_) => {
                 shared.reject("malformed");
+                tracing::debug!(peer = node, "inbound stream ended mid-frame");
+                return;
             }
-            tracing::debug!(peer = node, "inbound stream ended mid-frame: {e}");
-            return;
+            Err(e) => {
+                tracing::debug!(peer = node, "inbound stream ended mid-frame: {e}");
+                return;
+            }
         }
         shared.received_msgs.fetch_add(1, Ordering::Relaxed);
         shared
             .received_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        if inbound.send(Inbound { from: node, bytes }).await.is_err() {
+        let msg = Inbound {
+            from: node,
+            bytes,
+            credit: Credit {
+                _held: credit.map(Arc::new),
+            },
+        };
+        if inbound.send(msg).await.is_err() {
             return; // the node dropped its receiver
         }
     }
 }
 
+/// Runs the frame reader over `wire` as if a peer had sent it, and returns the frames it
+/// delivered. The fuzzing entry point of the wire format: it must return for any input, each
+/// frame delivered whole or counted as rejected.
+pub fn read_frames(wire: &[u8], max_frame_bytes: usize) -> Vec<Vec<u8>> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return Vec::new();
+    };
+    let shared = Arc::new(Shared::detached(max_frame_bytes));
+    let (tx, mut rx) = mpsc::channel(1 << 16);
+    rt.block_on(reader_task(
+        1,
+        futures::io::Cursor::new(wire.to_vec()),
+        tx,
+        shared,
+    ));
+    let mut out = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        out.push(m.bytes);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, HashMap};
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
-    use std::sync::Mutex;
 
     fn shared(max: usize) -> Arc<Shared> {
-        Arc::new(Shared {
-            queues: HashMap::new(),
-            connected: HashMap::new(),
-            max_frame_bytes: max,
-            connected_peers: AtomicUsize::new(0),
-            received_msgs: AtomicU64::new(0),
-            received_bytes: AtomicU64::new(0),
-            dropped_queue_full: AtomicU64::new(0),
-            dropped_send_failed: AtomicU64::new(0),
-            sent: Mutex::new(BTreeMap::new()),
-            rejected: Mutex::new(BTreeMap::new()),
-            listen_addrs: Mutex::new(Vec::new()),
-        })
+        Arc::new(Shared::detached(max))
     }
 
     fn frame(payload: &[u8]) -> Vec<u8> {
@@ -237,6 +273,42 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].bytes, b"after");
         assert_eq!(sh.rejected.lock().unwrap().get("oversized"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_peer_cannot_queue_more_than_its_inbound_budget() {
+        let mut sh = shared(100);
+        Arc::get_mut(&mut sh)
+            .unwrap()
+            .inbound_budgets
+            .insert(7, Arc::new(tokio::sync::Semaphore::new(100)));
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend(frame(&[5u8; 60]));
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let reader = tokio::spawn(reader_task(7, futures::io::Cursor::new(wire), tx, sh.clone()));
+        let first = rx.recv().await.unwrap();
+        // 60 of 100 bytes are held: the second 60-byte frame must wait for the first to go.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "a second frame got past the budget");
+        drop(first);
+        let second = rx.recv().await.unwrap();
+        drop(second);
+        let third = rx.recv().await.unwrap();
+        assert_eq!(third.bytes.len(), 60);
+        drop(third);
+        reader.await.unwrap();
+        assert_eq!(sh.inbound_budget(7).unwrap().available_permits(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_frame_announcing_more_than_it_sends_is_malformed() {
+        let mut wire = 64u32.to_be_bytes().to_vec();
+        wire.extend_from_slice(&[1u8; 10]);
+        let (got, sh) = read_all(wire, 100).await;
+        assert!(got.is_empty());
+        assert_eq!(sh.rejected.lock().unwrap().get("malformed"), Some(&1));
     }
 
     #[tokio::test]

@@ -52,6 +52,7 @@ use tokio::time::Instant;
 use crate::behaviour::{HandlerOut, StreamBehaviour, StreamEvent};
 use crate::io::{BatchTally, Outgoing};
 
+pub use io::read_frames;
 pub use libp2p::{Multiaddr, PeerId};
 
 /// A cluster member's id (index in `cluster.toml`).
@@ -63,6 +64,12 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/faultline/msg/1");
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
 /// Default [`NetConfig::queue_depth`].
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+/// Default [`NetConfig::peer_buffer_bytes`]: 32 MiB each way per peer.
+pub const DEFAULT_PEER_BUFFER_BYTES: usize = 32 << 20;
+/// Incoming connections allowed to be in their handshake at once (beyond this, a new TCP
+/// connection is closed at once): an unknown host that opens hundreds of idle connections
+/// costs a bounded number of sockets, and never touches established peer connections.
+pub const MAX_PENDING_INCOMING: u32 = 32;
 /// First redial delay after a lost connection or failed dial.
 pub const REDIAL_MIN: Duration = Duration::from_millis(100);
 /// Cap of the exponential redial backoff.
@@ -91,6 +98,9 @@ pub struct NetConfig {
     pub max_frame_bytes: usize,
     /// Bound of each peer's send queue, in messages.
     pub queue_depth: usize,
+    /// Bytes each peer may have waiting in its send queue, and separately bytes received from
+    /// it that the node has not consumed yet. At least `max_frame_bytes` (raised if lower).
+    pub peer_buffer_bytes: usize,
 }
 
 impl NetConfig {
@@ -103,6 +113,7 @@ impl NetConfig {
             peers,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            peer_buffer_bytes: DEFAULT_PEER_BUFFER_BYTES,
         }
     }
 }
@@ -116,6 +127,7 @@ impl std::fmt::Debug for NetConfig {
             .field("peers", &self.peers)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("queue_depth", &self.queue_depth)
+            .field("peer_buffer_bytes", &self.peer_buffer_bytes)
             .finish()
     }
 }
@@ -126,6 +138,35 @@ impl std::fmt::Debug for NetConfig {
 pub struct Inbound {
     pub from: NodeId,
     pub bytes: Vec<u8>,
+    /// The share of the sender's inbound byte budget this message holds; returned when the
+    /// message (and every clone of it) is dropped.
+    pub(crate) credit: Credit,
+}
+
+/// Holds a message's bytes against its sender's inbound budget until dropped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credit {
+    /// Never read: holding it is the point; dropping it returns the bytes to the budget.
+    pub(crate) _held: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+/// Credits never make two messages differ.
+impl PartialEq for Credit {
+    fn eq(&self, _: &Credit) -> bool {
+        true
+    }
+}
+impl Eq for Credit {}
+
+impl Inbound {
+    /// A message not counted against any budget (tests, other transports).
+    pub fn new(from: NodeId, bytes: Vec<u8>) -> Inbound {
+        Inbound {
+            from,
+            bytes,
+            credit: Credit::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +234,11 @@ fn keypair_from_secret(secret: &[u8; 32]) -> Result<identity::Keypair, NetError>
 /// State shared by the handle, the driver and the I/O tasks.
 pub(crate) struct Shared {
     queues: HashMap<NodeId, mpsc::Sender<Outgoing>>,
+    /// Bytes waiting in each peer's send queue (bounded by `peer_buffer_bytes`).
+    pub(crate) queued_bytes: HashMap<NodeId, AtomicUsize>,
+    /// Bytes received from each peer and not yet consumed, as semaphore permits.
+    pub(crate) inbound_budgets: HashMap<NodeId, Arc<tokio::sync::Semaphore>>,
+    pub(crate) peer_buffer_bytes: usize,
     connected: HashMap<NodeId, AtomicBool>,
     pub(crate) max_frame_bytes: usize,
     connected_peers: AtomicUsize,
@@ -206,6 +252,30 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counters and limits with no peers: for running a reader outside a swarm.
+    pub(crate) fn detached(max_frame_bytes: usize) -> Shared {
+        Shared {
+            queues: HashMap::new(),
+            queued_bytes: HashMap::new(),
+            inbound_budgets: HashMap::new(),
+            peer_buffer_bytes: max_frame_bytes,
+            connected: HashMap::new(),
+            max_frame_bytes,
+            connected_peers: AtomicUsize::new(0),
+            received_msgs: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            dropped_queue_full: AtomicU64::new(0),
+            dropped_send_failed: AtomicU64::new(0),
+            sent: Mutex::new(BTreeMap::new()),
+            rejected: Mutex::new(BTreeMap::new()),
+            listen_addrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn inbound_budget(&self, peer: NodeId) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.inbound_budgets.get(&peer).cloned()
+    }
+
     pub(crate) fn reject(&self, reason: &'static str) {
         *lock(&self.rejected).entry(reason).or_default() += 1;
     }
@@ -264,15 +334,30 @@ impl NetHandle {
                 max,
             });
         }
+        let len = bytes.len();
+        let queued = self.shared.queued_bytes.get(&to).ok_or(SendError::UnknownPeer)?;
+        // Bytes are reserved before queueing and released by the writer as it dequeues; a
+        // peer that cannot keep up costs at most `peer_buffer_bytes` of memory.
+        if queued.fetch_add(len, Ordering::Relaxed) + len > self.shared.peer_buffer_bytes {
+            queued.fetch_sub(len, Ordering::Relaxed);
+            self.shared
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SendError::QueueFull);
+        }
         match queue.try_send(Outgoing { kind, bytes }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                queued.fetch_sub(len, Ordering::Relaxed);
                 self.shared
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
                 Err(SendError::QueueFull)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                queued.fetch_sub(len, Ordering::Relaxed);
+                Err(SendError::Closed)
+            }
         }
     }
 
@@ -393,7 +478,9 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
         allow.allow_peer(p.peer_id);
     }
     let limits = connection_limits::Behaviour::new(
-        ConnectionLimits::default().with_max_established_per_peer(Some(1)),
+        ConnectionLimits::default()
+            .with_max_established_per_peer(Some(1))
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
     );
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -446,8 +533,21 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
         queues.insert(p.id, tx);
         queue_rxs.push((p.id, rx));
     }
+    let peer_buffer_bytes = config.peer_buffer_bytes.max(config.max_frame_bytes);
+    let budget_permits = peer_buffer_bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
         queues,
+        queued_bytes: config
+            .peers
+            .iter()
+            .map(|p| (p.id, AtomicUsize::new(0)))
+            .collect(),
+        inbound_budgets: config
+            .peers
+            .iter()
+            .map(|p| (p.id, Arc::new(tokio::sync::Semaphore::new(budget_permits))))
+            .collect(),
+        peer_buffer_bytes,
         connected: config
             .peers
             .iter()

@@ -264,6 +264,32 @@ async fn oversized_frame_is_rejected_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_send_queue_is_bounded_in_bytes() {
+    bounded(async {
+        let dead: libp2p::Multiaddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            drop(l);
+            format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+        };
+        let mut cfg = NetConfig::new(0, key(0), any_port(), vec![peer(1, dead)]);
+        cfg.max_frame_bytes = 512 << 10;
+        cfg.peer_buffer_bytes = 1 << 20;
+        let (h, _rx) = start(cfg).await.unwrap();
+        let big: Arc<[u8]> = vec![1u8; 400 << 10].into();
+        h.send(1, "pre_prepare", big.clone()).unwrap();
+        h.send(1, "pre_prepare", big.clone()).unwrap();
+        // 800 KiB queued of a 1 MiB budget: a third 400 KiB message does not fit, far below
+        // the count limit; small ones still do.
+        assert_eq!(h.send(1, "pre_prepare", big), Err(SendError::QueueFull));
+        h.send(1, "prepare", Arc::from(&[0u8; 100][..])).unwrap();
+        assert_eq!(h.queued(1), Some(3));
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn full_queue_returns_queue_full() {
     bounded(async {
         // Peer 1 is configured at an address where nobody listens: messages stay queued.
