@@ -71,18 +71,45 @@ fn committed_reply(shared: &Shared, rec: &TxRecord) -> Value {
     })
 }
 
-/// Checks one transaction: 400 bad signature, 403 unknown client.
-fn admit(shared: &Shared, tx: &Tx) -> Result<(), Response> {
-    if let Err(e) = tx.verify() {
-        return Err(error(StatusCode::BAD_REQUEST, e));
-    }
-    if !shared.cluster.is_client(&tx.client) {
+/// Most transactions one `POST /v1/txs` may carry: with the body limit this bounds the
+/// signature work one request can demand.
+pub const MAX_BATCH_TXS: usize = 10_000;
+
+/// Checks a submission before it reaches the engine, cheapest test first so that a client
+/// that is not permitted costs no signature work at all: 403 for an unknown client key, then
+/// 400 for a bad signature or an oversized field. The signature checks run on the blocking
+/// pool, so a large batch never stalls the async workers that serve `/v1/status` and peers.
+async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> {
+    let single = txs.len() == 1;
+    let at = |i: usize| {
+        if single {
+            String::new()
+        } else {
+            format!("transaction {i}: ")
+        }
+    };
+    if let Some(i) = txs.iter().position(|t| !shared.clients.contains(&t.client)) {
         return Err(error(
             StatusCode::FORBIDDEN,
-            "the client key is not a permitted client of this cluster",
+            format!(
+                "{}the client key is not a permitted client of this cluster",
+                at(i)
+            ),
         ));
     }
-    Ok(())
+    let clients = Arc::clone(shared);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::ledger::tx::verify_batch_with(&txs, &clients.clients).map(|()| txs)
+    })
+    .await;
+    match checked {
+        Ok(Ok(txs)) => Ok(txs),
+        Ok(Err((i, e))) => Err(error(StatusCode::BAD_REQUEST, format!("{}{e}", at(i)))),
+        Err(_) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "signature check failed to run",
+        )),
+    }
 }
 
 async fn post_tx(
@@ -100,11 +127,12 @@ async fn post_tx(
             )
         }
     };
-    if let Err(r) = admit(&shared, &tx) {
-        return r;
-    }
+    let txs = match admit(&shared, vec![tx]).await {
+        Ok(txs) => txs,
+        Err(r) => return r,
+    };
     let wait = q.wait.unwrap_or(true);
-    match submit(&shared, vec![tx], wait).await {
+    match submit(&shared, txs, wait).await {
         Submitted::Done(mut replies) => match replies.pop() {
             Some(Ok(v)) => Json(v).into_response(),
             Some(Err(Rejection::Stale(msg))) => error(StatusCode::CONFLICT, msg),
@@ -134,18 +162,19 @@ async fn post_txs(
             )
         }
     };
-    if let Err((i, e)) = crate::ledger::tx::verify_batch(&txs) {
-        return error(StatusCode::BAD_REQUEST, format!("transaction {i}: {e}"));
-    }
-    if let Some(i) = txs
-        .iter()
-        .position(|t| !shared.cluster.is_client(&t.client))
-    {
+    if txs.len() > MAX_BATCH_TXS {
         return error(
-            StatusCode::FORBIDDEN,
-            format!("transaction {i}: the client key is not a permitted client"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a batch holds at most {MAX_BATCH_TXS} transactions, this one {}; split it",
+                txs.len()
+            ),
         );
     }
+    let txs = match admit(&shared, txs).await {
+        Ok(txs) => txs,
+        Err(r) => return r,
+    };
     let wait = q.wait.unwrap_or(true);
     match submit(&shared, txs, wait).await {
         Submitted::Done(replies) => {
@@ -268,7 +297,15 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
             Ok(Err(e @ ProposeError::TooLarge { .. })) => {
                 return Submitted::Failed(error(StatusCode::PAYLOAD_TOO_LARGE, e))
             }
-            Ok(Err(e)) => return Submitted::Failed(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+            Ok(Err(e @ ProposeError::Busy)) => {
+                // Back-pressure, not failure: tell the client when to come back (RFC 9110 §10.2.3).
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                return Submitted::Failed(r);
+            }
             Err(_) => {
                 return Submitted::Failed(error(
                     StatusCode::SERVICE_UNAVAILABLE,

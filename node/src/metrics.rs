@@ -29,6 +29,8 @@ pub struct Metrics {
     pub leader_changes: Counter,
     pub view_changes: Counter,
     pub peers_connected: Gauge,
+    /// API connections closed at once because the connection cap was reached.
+    pub api_refused: Counter,
     /// Beyond SPEC: messages the transport dropped (send queue full, stream failed); the
     /// protocols retransmit, so these cost latency, not safety.
     pub dropped: Family<Labels, Counter>,
@@ -125,8 +127,15 @@ impl Metrics {
             "Outgoing messages dropped by the transport, by reason (queue_full, send_failed)",
             dropped.clone(),
         );
+        let api_refused = Counter::default();
+        registry.register(
+            "faultline_api_connections_refused",
+            "API connections closed on accept because the connection cap was reached",
+            api_refused.clone(),
+        );
         Metrics {
             registry,
+            api_refused,
             dropped,
             sent,
             sent_bytes,

@@ -3,6 +3,7 @@
 //! and runs the [`driver::Driver`] task that owns the engine until SIGINT/SIGTERM.
 
 pub mod driver;
+pub mod http_server;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,8 @@ pub struct NodeStatus {
 pub struct Shared {
     pub id: NodeId,
     pub cluster: ClusterConfig,
+    /// The permitted clients' keys, decompressed once (the API checks every write against it).
+    pub clients: crate::ledger::tx::ClientKeys,
     pub key: SigningKey,
     pub store: Arc<Store>,
     pub metrics: Metrics,
@@ -88,8 +91,6 @@ async fn run_async(
     me: crate::config::NodeEntry,
     key: SigningKey,
 ) -> Result<()> {
-    std::fs::create_dir_all(&node.data_dir)
-        .with_context(|| format!("cannot create data dir {}", node.data_dir.display()))?;
     let store = Arc::new(
         Store::open(&node.data_dir, &cluster.genesis)
             .with_context(|| format!("cannot open the store in {}", node.data_dir.display()))?,
@@ -137,9 +138,17 @@ async fn run_async(
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build the HTTP client")?;
+    let clients = crate::ledger::tx::ClientKeys::new(cluster.clients.iter().map(|c| c.public_key))
+        .map_err(|k| {
+            anyhow::anyhow!(
+                "client public_key {} in cluster.toml is not a valid ed25519 key",
+                hex::encode(k)
+            )
+        })?;
     let shared = Arc::new(Shared {
         id: node.id,
         cluster: cluster.clone(),
+        clients,
         key,
         store: Arc::clone(&store),
         metrics: Metrics::new(),
@@ -159,18 +168,16 @@ async fn run_async(
     };
     let driver_task = tokio::spawn(driver.run());
 
-    let mut api_shutdown = shutdown_rx.clone();
     let router = crate::api::router(Arc::clone(&shared));
-    let api_task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = api_shutdown.changed().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the API server failed");
-        }
-    });
+    let refused = Arc::clone(&shared);
+    let api_task = tokio::spawn(http_server::serve(
+        listener,
+        router,
+        shutdown_rx.clone(),
+        move || {
+            refused.metrics.api_refused.inc();
+        },
+    ));
     tracing::info!(
         id = node.id,
         protocol = %cluster.protocol,
