@@ -22,6 +22,11 @@ pub enum KeyError {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+    #[error(
+        "key file {path} is accessible by other users (mode {mode:03o}); like ssh, faultline \
+         refuses such keys: run `chmod 600 {path}`"
+    )]
+    Permissions { path: String, mode: u32 },
     #[error("not a valid ed25519 public key")]
     BadPublicKey,
 }
@@ -40,7 +45,24 @@ pub fn parse_secret(text: &str) -> Option<SigningKey> {
     Some(SigningKey::from_bytes(&secret))
 }
 
+/// Reads a key file, refusing one that group or others may access: a node's key is its
+/// identity and its PBFT signing key, and a copy in another user's hands lets them sign as it.
 pub fn read_key(path: &Path) -> Result<SigningKey, KeyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: path.display().to_string(),
         source,

@@ -46,6 +46,17 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "{path} is not a usable database ({why}); refusing to start, because a fresh one would \
+         forget this node's votes and signed messages: restore the file from a backup, or \
+         remove the data dir to rejoin as a new node"
+    )]
+    Unusable { path: String, why: String },
+    #[error(
+        "data dir {0} is not empty but holds no {DB_FILE}; refusing to create a new database \
+         there (point data_dir at an empty or new directory)"
+    )]
+    NotEmpty(String),
     #[error("the data dir is corrupt: {0}")]
     Corrupt(String),
     #[error("the data dir belongs to a cluster with a different genesis")]
@@ -219,14 +230,50 @@ impl StateAccess for LedgerTables<'_> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, initialising it with `genesis` if new. A data dir
-    /// created for another genesis is refused.
+    /// Opens the store in `dir`, creating a fresh one (initialised with `genesis`) only when
+    /// the data dir is new or empty. An existing database file that is empty or not a database
+    /// is refused rather than replaced: it may be all that held this node's Raft term and vote
+    /// or its PBFT signed messages, and starting over could make the node vote twice or sign
+    /// conflicting messages. A data dir created for another genesis is refused too.
     pub fn open(dir: &Path, genesis: &Genesis) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        let io = |source| StoreError::Io {
             path: dir.display().to_string(),
             source,
-        })?;
-        let db = Database::create(dir.join(DB_FILE))?;
+        };
+        let path = dir.join(DB_FILE);
+        let db = if path.exists() {
+            let len = std::fs::metadata(&path).map_err(io)?.len();
+            if len == 0 {
+                return Err(StoreError::Unusable {
+                    path: path.display().to_string(),
+                    why: "the file is empty".into(),
+                });
+            }
+            Database::open(&path).map_err(|e| StoreError::Unusable {
+                path: path.display().to_string(),
+                why: redb::Error::from(e).to_string(),
+            })?
+        } else {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder.create(dir).map_err(io)?;
+            if std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+                return Err(StoreError::NotEmpty(dir.display().to_string()));
+            }
+            let db = Database::create(&path)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+            db
+        };
         Self::init(db, genesis)
     }
 
