@@ -152,6 +152,16 @@ impl Cluster {
         false
     }
 
+    /// The OS process id of node `i`, if it is running under this harness.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
+    }
+
+    /// The p2p address of node `i`.
+    pub fn p2p(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.base as usize + i)
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
     }
