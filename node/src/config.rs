@@ -275,26 +275,29 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
-        if c.timing.tick_ms == 0 || c.timing.heartbeat_ticks >= c.timing.election_ticks {
+        c.validate(&path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// Checks the knobs; `origin` names the file in messages.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.timing.tick_ms == 0 || self.timing.heartbeat_ticks >= self.timing.election_ticks {
             return Err(ConfigError::Invalid(format!(
-                "{}: need tick_ms > 0 and heartbeat_ticks < election_ticks",
-                path.display()
+                "{origin}: need tick_ms > 0 and heartbeat_ticks < election_ticks"
             )));
         }
-        if c.batching.max_batch_txs == 0 || c.batching.max_inflight_batches == 0 {
+        if self.batching.max_batch_txs == 0 || self.batching.max_inflight_batches == 0 {
             return Err(ConfigError::Invalid(format!(
-                "{}: batching sizes must be at least 1",
-                path.display()
+                "{origin}: batching sizes must be at least 1"
             )));
         }
-        let max = c.limits.max_message_bytes;
+        let max = self.limits.max_message_bytes;
         if !(MIN_MAX_MESSAGE_BYTES..=u32::MAX as usize).contains(&max) {
             return Err(ConfigError::Invalid(format!(
-                "{}: limits.max_message_bytes must be between {MIN_MAX_MESSAGE_BYTES} and {}, got {max}",
-                path.display(),
+                "{origin}: limits.max_message_bytes must be between {MIN_MAX_MESSAGE_BYTES} and {}, got {max}",
                 u32::MAX
             )));
         }
-        Ok(c)
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod fuzzing;
 pub mod faults;
 pub mod keys;
 pub mod ledger;

@@ -197,7 +197,8 @@ pub fn sim_node_key(i: usize) -> SigningKey {
     SigningKey::from_bytes(&h.finalize().into())
 }
 
-fn sim_client_key(c: usize) -> SigningKey {
+/// Client c's key in simulated clusters.
+pub fn sim_client_key(c: usize) -> SigningKey {
     let mut h = Sha256::new();
     h.update(b"faultline-sim-client");
     h.update((c as u64).to_be_bytes());

@@ -1,0 +1,205 @@
+//! Entry points for fuzzing every decoder that sees untrusted bytes, shared by the `cargo fuzz`
+//! targets in `fuzz/` (long runs, coverage-guided) and the smoke test in the test suite (every
+//! target over its seed corpus and mutations of it, in CI). Each function must return for any
+//! input: a panic, an abort or a hang is the bug the fuzzer reports.
+
+use crate::config::{ClusterConfig, NodeConfig, Protocol};
+use crate::engine::{self, EngineSetup};
+use crate::ledger::Tx;
+use crate::sim::{sim_cluster, sim_node_key, sim_timing};
+use crate::store::Store;
+
+/// A peer's protocol message as the engine of `protocol` receives it from the transport: the
+/// first byte picks the (authenticated) sender, the rest is the payload. The engine decodes,
+/// checks and processes it, and its output is driven through a fresh in-memory store.
+pub fn engine_message(protocol: Protocol, data: &[u8]) {
+    let Some((&who, payload)) = data.split_first() else {
+        return;
+    };
+    let n = 4;
+    let Ok(cluster) = sim_cluster(protocol, n, 1) else {
+        return;
+    };
+    let Ok(store) = Store::with_backend(redb::backends::InMemoryBackend::new(), &cluster.genesis)
+    else {
+        return;
+    };
+    let Ok(mut engine) = engine::open(
+        EngineSetup {
+            id: 0,
+            cluster: &cluster,
+            key: sim_node_key(0),
+            timing: sim_timing(),
+            batching: crate::config::Batching::default(),
+            limits: crate::config::Limits::default(),
+            byzantine: None,
+            seed: 1,
+        },
+        &store,
+    ) else {
+        return;
+    };
+    let from = 1 + u64::from(who) % (n as u64 - 1);
+    let _ = engine.message_kind(payload);
+    let _ = engine.on_message(from, payload);
+    let _ = engine::drive(engine.as_mut(), &store);
+    engine.on_tick();
+    let _ = engine::drive(engine.as_mut(), &store);
+}
+
+/// A `POST /v1/tx` or `/v1/txs` body as the API parses and checks it.
+pub fn api_body(data: &[u8]) {
+    if let Ok(tx) = serde_json::from_slice::<Tx>(data) {
+        let _ = tx.verify();
+        let _ = tx.hash();
+    }
+    if let Ok(txs) = serde_json::from_slice::<Vec<Tx>>(data) {
+        let _ = crate::ledger::tx::verify_batch(&txs);
+    }
+}
+
+/// cluster.toml and node.toml as `faultline run` reads them, and a key file's text.
+pub fn config_text(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(c) = toml::from_str::<ClusterConfig>(&text) {
+        let _ = c.validate();
+    }
+    if let Ok(c) = toml::from_str::<NodeConfig>(&text) {
+        let _ = c.validate("fuzz");
+    }
+    let _ = crate::keys::parse_secret(&text);
+}
+
+/// Real traffic to seed the fuzzers: the messages of a 4-node cluster of `protocol` electing a
+/// leader (or primary) and committing a few batches, each prefixed with its sender byte as
+/// [`engine_message`] expects. Deterministic.
+pub fn seed_messages(protocol: Protocol) -> Vec<Vec<u8>> {
+    let n = 4;
+    let Ok(cluster) = sim_cluster(protocol, n, 1) else {
+        return Vec::new();
+    };
+    let mut nodes = Vec::new();
+    for id in 0..n as u64 {
+        let Ok(store) =
+            Store::with_backend(redb::backends::InMemoryBackend::new(), &cluster.genesis)
+        else {
+            return Vec::new();
+        };
+        let Ok(engine) = engine::open(
+            EngineSetup {
+                id,
+                cluster: &cluster,
+                key: sim_node_key(id as usize),
+                timing: sim_timing(),
+                batching: crate::config::Batching::default(),
+                limits: crate::config::Limits::default(),
+                byzantine: None,
+                seed: 7,
+            },
+            &store,
+        ) else {
+            return Vec::new();
+        };
+        nodes.push((engine, store));
+    }
+    let client = crate::sim::sim_client_key(0);
+    let mut seeds = Vec::new();
+    let mut seq = 0;
+    let mut k = 0usize;
+    for round in 0..400 {
+        let mut out = Vec::new();
+        for (i, (engine, store)) in nodes.iter_mut().enumerate() {
+            engine.on_tick();
+            if round % 20 == 10 {
+                let txs = (0..3)
+                    .map(|_| {
+                        seq += 1;
+                        Tx::sign(
+                            &client,
+                            seq,
+                            crate::ledger::Op::Put {
+                                key: format!("k{}", seq % 5),
+                                value: format!("v{seq}"),
+                            },
+                        )
+                    })
+                    .collect();
+                let _ = engine.propose(txs);
+            }
+            if let Ok((msgs, _)) = engine::drive(engine.as_mut(), store) {
+                out.extend(msgs.into_iter().map(|m| (i as u64, m)));
+            }
+        }
+        for (from, m) in out {
+            k += 1;
+            if seeds.len() < 512 && (k % 3 == 0 || m.bytes.len() > 200) {
+                let mut s = vec![from as u8];
+                s.extend_from_slice(&m.bytes);
+                seeds.push(s);
+            }
+            if let Some((engine, store)) = nodes.get_mut(m.to as usize) {
+                let _ = engine.on_message(from, &m.bytes);
+                let _ = engine::drive(engine.as_mut(), store);
+            }
+        }
+    }
+    seeds
+}
+
+/// Seeds for [`api_body`]: a signed transaction of each kind, and a batch of them.
+pub fn seed_api_bodies() -> Vec<Vec<u8>> {
+    use crate::ledger::Op;
+    let key = crate::sim::sim_client_key(0);
+    let txs = [
+        Tx::sign(
+            &key,
+            1,
+            Op::Put {
+                key: "k".into(),
+                value: "v".into(),
+            },
+        ),
+        Tx::sign(&key, 2, Op::Delete { key: "k".into() }),
+        Tx::sign(
+            &key,
+            3,
+            Op::Transfer {
+                from: "alice".into(),
+                to: "bob".into(),
+                amount: 5,
+            },
+        ),
+    ];
+    let mut out: Vec<Vec<u8>> = txs
+        .iter()
+        .filter_map(|t| serde_json::to_vec(t).ok())
+        .collect();
+    out.extend(serde_json::to_vec(&txs).ok());
+    out
+}
+
+/// Seeds for [`config_text`]: a cluster.toml and a node.toml as `testnet` writes them, and a
+/// key file.
+pub fn seed_config_texts() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Ok(c) = sim_cluster(Protocol::Pbft, 4, 2) {
+        out.extend(toml::to_string(&c).ok().map(String::into_bytes));
+    }
+    out.push(
+        b"id = 0\ncluster = \"../cluster.toml\"\nkey_file = \"node.key\"\ndata_dir = \"data\"\n\
+          [timing]\ntick_ms = 10\n[limits]\nmax_message_bytes = 4194304\n"
+            .to_vec(),
+    );
+    out.push(hex::encode(sim_node_key(0).to_bytes()).into_bytes());
+    out
+}
+
+/// Seeds for the net frame reader: frames of real messages, back to back.
+pub fn seed_frames() -> Vec<Vec<u8>> {
+    let mut wire = Vec::new();
+    for m in seed_messages(Protocol::Raft).into_iter().take(16) {
+        wire.extend_from_slice(&(m.len() as u32 - 1).to_be_bytes());
+        wire.extend_from_slice(&m[1..]);
+    }
+    vec![wire, vec![0, 0, 0, 0], vec![0, 0, 0, 3, 1, 2, 3]]
+}
