@@ -181,6 +181,7 @@ fn run_node(c: &Cluster, i: usize) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("faultline run kept running on a data dir it should refuse");
 }
 
@@ -198,7 +199,11 @@ fn a_broken_database_file_is_refused_not_replaced() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not a usable database"), "{err}");
-        assert_eq!(std::fs::read(&db).unwrap(), content, "the file was modified");
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            content,
+            "the file was modified"
+        );
     }
     std::fs::remove_file(&db).unwrap();
     std::fs::write(data.join("notes.txt"), "x").unwrap();

@@ -287,7 +287,12 @@ mod tests {
             wire.extend(frame(&[5u8; 60]));
         }
         let (tx, mut rx) = mpsc::channel(64);
-        let reader = tokio::spawn(reader_task(7, futures::io::Cursor::new(wire), tx, sh.clone()));
+        let reader = tokio::spawn(reader_task(
+            7,
+            futures::io::Cursor::new(wire),
+            tx,
+            sh.clone(),
+        ));
         let first = rx.recv().await.unwrap();
         // 60 of 100 bytes are held: the second 60-byte frame must wait for the first to go.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -335,7 +335,11 @@ impl NetHandle {
             });
         }
         let len = bytes.len();
-        let queued = self.shared.queued_bytes.get(&to).ok_or(SendError::UnknownPeer)?;
+        let queued = self
+            .shared
+            .queued_bytes
+            .get(&to)
+            .ok_or(SendError::UnknownPeer)?;
         // Bytes are reserved before queueing and released by the writer as it dequeues; a
         // peer that cannot keep up costs at most `peer_buffer_bytes` of memory.
         if queued.fetch_add(len, Ordering::Relaxed) + len > self.shared.peer_buffer_bytes {

@@ -89,16 +89,20 @@ fn smoke(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
 
 #[test]
 fn raft_messages() {
-    smoke("raft_message", fuzzing::seed_messages(Protocol::Raft), |d| {
-        fuzzing::engine_message(Protocol::Raft, d)
-    });
+    smoke(
+        "raft_message",
+        fuzzing::seed_messages(Protocol::Raft),
+        |d| fuzzing::engine_message(Protocol::Raft, d),
+    );
 }
 
 #[test]
 fn pbft_messages() {
-    smoke("pbft_message", fuzzing::seed_messages(Protocol::Pbft), |d| {
-        fuzzing::engine_message(Protocol::Pbft, d)
-    });
+    smoke(
+        "pbft_message",
+        fuzzing::seed_messages(Protocol::Pbft),
+        |d| fuzzing::engine_message(Protocol::Pbft, d),
+    );
 }
 
 #[test]
@@ -108,7 +112,11 @@ fn api_bodies() {
 
 #[test]
 fn config_texts() {
-    smoke("config_text", fuzzing::seed_config_texts(), fuzzing::config_text);
+    smoke(
+        "config_text",
+        fuzzing::seed_config_texts(),
+        fuzzing::config_text,
+    );
 }
 
 #[test]
