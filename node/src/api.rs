@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC.md "HTTP API" (axum). Writes are verified here (signature, permitted
+//! The HTTP API of docs/SPEC.md "HTTP API" (axum). Writes are verified here (signature, permitted
 //! client, duplicate) before they reach the engine; a raft follower forwards writes and
 //! linearizable reads to the leader's API. Nothing a client sends can panic a handler.
 

@@ -1,4 +1,4 @@
-//! The `faultline` command line (SPEC.md "Binary and commands"). Errors reach the user as one
+//! The `faultline` command line (docs/SPEC.md "Binary and commands"). Errors reach the user as one
 //! sentence on stderr with a non-zero exit code, never as a panic.
 
 use std::net::IpAddr;

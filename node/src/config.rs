@@ -1,4 +1,4 @@
-//! `cluster.toml` and `node.toml` (SPEC.md "Files"): who is in the cluster, how to reach them,
+//! `cluster.toml` and `node.toml` (docs/SPEC.md "Files"): who is in the cluster, how to reach them,
 //! which clients may write, the genesis balances, and one node's local knobs.
 
 use std::collections::BTreeSet;
@@ -201,7 +201,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = faultline_net::DEFAULT_MAX_FRAME_BY
 pub const MIN_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Resource limits. `max_message_bytes` is THE size budget of the system
-/// (docs/ARCHITECTURE.md "Every message fits"): the network refuses frames above it, and both
+/// (docs/ARCHITECTURE.md §8 "Every message fits"): the network refuses frames above it, and both
 /// protocol cores cut batches and split everything that grows with load or history (view
 /// changes, state transfer, block sync) so that no message they produce exceeds it. Every
 /// node of a cluster must use the same value.

@@ -1,4 +1,4 @@
-//! Prometheus metrics with exactly the names of SPEC.md "Metrics". Counters are registered
+//! Prometheus metrics with exactly the names of docs/SPEC.md "Metrics". Counters are registered
 //! without the `_total` suffix because prometheus-client appends it when encoding.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! `faultline testnet`: writes every file a cluster needs (SPEC.md "Files"), usable as-is on
+//! `faultline testnet`: writes every file a cluster needs (docs/SPEC.md "Files"), usable as-is on
 //! loopback.
 
 use std::net::{IpAddr, SocketAddr};

@@ -213,7 +213,7 @@ fn apply_put_delete_transfer_and_overdraw() {
         .unwrap();
     assert_eq!(rec.height, 1);
     assert_eq!(rec.outcome, TxOutcome::Error("insufficient funds".into()));
-    // The overdraw result serializes as SPEC.md says.
+    // The overdraw result serializes as docs/SPEC.md says.
     assert_eq!(
         serde_json::to_value(&rec.outcome).unwrap(),
         serde_json::json!({"error": "insufficient funds"})

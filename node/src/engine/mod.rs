@@ -1,4 +1,4 @@
-//! One engine interface, two protocols (ARCHITECTURE.md §2). The driver (real node or
+//! One engine interface, two protocols (docs/ARCHITECTURE.md §2). The driver (real node or
 //! simulator), storage, API, metrics and benchmarks are written once against [`Engine`]; the
 //! only difference between a Raft run and a PBFT run is the engine plugged in.
 //!
@@ -7,7 +7,7 @@
 //! 2. [`Engine::poll`] drains the engine's output into a [`Step`];
 //! 3. commit `step.write` to the [`Store`] (one atomic, fsynced transaction: engine state and
 //!    the committed blocks together) — only then send `step.messages` (durability before
-//!    acknowledgement, ARCHITECTURE.md §6);
+//!    acknowledgement, docs/ARCHITECTURE.md §6);
 //! 4. hand the applied blocks back with [`Engine::applied`], and poll again until the step is
 //!    empty.
 

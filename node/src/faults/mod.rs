@@ -1,5 +1,5 @@
-//! Byzantine behaviours (SPEC.md "Byzantine modes"): real misbehaviours of the protocol at hand,
-//! plugged into any node slot of the simulator or a real node.
+//! Byzantine behaviours (docs/SPEC.md "Byzantine modes"): real misbehaviours of the protocol at
+//! hand, plugged into any node slot of the simulator or a real node.
 
 /// The `Engine` methods a Byzantine wrapper passes straight to the honest engine in its
 /// `inner` field: its misbehaviour lives in what it receives, sends and persists, not here.

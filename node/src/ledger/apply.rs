@@ -48,7 +48,7 @@ pub enum Applied {
 /// and re-verifying on every replica would double the dominant CPU cost. `faultline verify` and
 /// the simulator's invariants check them independently.
 pub fn apply_tx<S: StateAccess>(state: &mut S, tx: &Tx) -> Result<Applied, S::Error> {
-    // Exactly-once: seq must increase per client (SPEC.md).
+    // Exactly-once: seq must increase per client (docs/SPEC.md).
     if let Some(last) = state.last_seq(&tx.client)? {
         if tx.seq <= last {
             return Ok(Applied::Duplicate);

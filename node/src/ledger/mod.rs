@@ -1,4 +1,4 @@
-//! The one ordered ledger both protocols replicate (ARCHITECTURE.md §3): signed client
+//! The one ordered ledger both protocols replicate (docs/ARCHITECTURE.md §3): signed client
 //! transactions, grouped into hash-chained blocks, applied deterministically.
 
 pub mod apply;

@@ -1,11 +1,11 @@
-//! Signed client transactions exactly as SPEC.md defines them: the signing bytes, the tx hash,
-//! and batch verification of client signatures.
+//! Signed client transactions exactly as docs/SPEC.md "Transactions" defines them: the signing
+//! bytes, the tx hash, and batch verification of client signatures.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Domain prefix of the transaction signing bytes (SPEC.md "Transactions").
+/// Domain prefix of the transaction signing bytes (docs/SPEC.md "Transactions").
 pub const TX_DOMAIN: &[u8] = b"faultline-tx-v1";
 
 /// Largest key, value or account name accepted, so one transaction stays small and a hostile
@@ -132,8 +132,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The bytes a client signs (SPEC.md): domain ‖ client key ‖ seq BE ‖ op tag ‖ op fields, strings
-/// as u32 BE length + UTF-8, amount as u64 BE.
+/// The bytes a client signs (docs/SPEC.md "Transactions"): domain ‖ client key ‖ seq BE ‖ op tag ‖
+/// op fields, strings as u32 BE length + UTF-8, amount as u64 BE.
 pub fn signing_bytes(client: &[u8; 32], seq: u64, op: &Op) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 16);
     out.extend_from_slice(TX_DOMAIN);
@@ -172,7 +172,7 @@ impl Tx {
         signing_bytes(&self.client, self.seq, &self.op)
     }
 
-    /// SHA-256 of the signing bytes followed by the 64 signature bytes (SPEC.md): the tx's
+    /// SHA-256 of the signing bytes followed by the 64 signature bytes (docs/SPEC.md): the tx's
     /// identity in blocks, digests and replies.
     pub fn hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();

@@ -1,6 +1,7 @@
-//! Invariants the simulator checks after every step (ARCHITECTURE.md §4): no two correct nodes
-//! commit different blocks at the same height, every committed transaction was signed by a
-//! permitted client, and (at the end) acknowledged writes are in every caught-up correct ledger.
+//! Invariants the simulator checks after every step (docs/ARCHITECTURE.md §4): no two correct
+//! nodes commit different blocks at the same height, every committed transaction was signed by
+//! a permitted client, and (at the end) acknowledged writes are in every caught-up correct
+//! ledger.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

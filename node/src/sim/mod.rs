@@ -1,5 +1,5 @@
 //! Deterministic simulation of the real engines, store and ledger on a simulated network and
-//! clock (ARCHITECTURE.md §4, in the FoundationDB/TigerBeetle style). One seed drives every
+//! clock (docs/ARCHITECTURE.md §4, in the FoundationDB/TigerBeetle style). One seed drives every
 //! random choice — delays, drops, duplicates, partitions, crashes, the workload — so the same
 //! seed replays the same run byte for byte. Crashes are real: the node's engine and database
 //! are dropped, its disk loses what was not fsynced, and it restarts from what was.
