@@ -63,11 +63,23 @@ fn raft_cluster_commits_a_workload_and_loses_no_acknowledged_tx_across_kill_9() 
     .expect("post txs");
     let batch_time = started.elapsed();
     assert_eq!(code, 200, "{replies}");
-    let replies = replies.as_array().expect("array").clone();
+    assert_eq!(replies["status"], "committed");
+    let results = faultline_node::reply::parse_batch_results(&replies).expect("batch reply");
+    let signer = replies["node"].as_u64().unwrap() as usize;
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(replies["signature"].as_str().unwrap(), &mut sig).unwrap();
+    let cluster =
+        faultline_node::config::ClusterConfig::load(&c.path().join("cluster.toml")).unwrap();
+    assert!(faultline_node::reply::verify_batch(
+        &cluster.nodes[signer].public_key,
+        &results,
+        &sig
+    ));
+    let replies = replies["results"].as_array().expect("results").clone();
     assert_eq!(replies.len(), 200);
     let mut acked: Vec<String> = Vec::new();
     for (tx, r) in txs.iter().zip(&replies) {
-        assert_eq!(r["status"], "committed");
+        assert!(r["height"].as_u64().unwrap() > 0);
         assert_eq!(r["tx_hash"], hex::encode(tx.hash()));
         acked.push(r["tx_hash"].as_str().unwrap().to_string());
     }
@@ -285,8 +297,10 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
     )
     .unwrap();
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v[0]["status"], "rejected", "{v}");
-    assert_eq!(v[1]["status"], "committed", "{v}");
+    let stale_entry = &v["results"][0];
+    assert_eq!(stale_entry["height"], 0, "{v}");
+    assert!(stale_entry["result"]["rejected"].is_string(), "{v}");
+    assert!(v["results"][1]["height"].as_u64().unwrap() > 0, "{v}");
 
     let (code, v) = http(&api, "GET", "/v1/kv/a", None).unwrap();
     assert_eq!((code, v["value"].as_str()), (200, Some("b")), "{v}");
@@ -416,7 +430,8 @@ fn pbft_cluster_commits_with_f_plus_1_signed_replies_and_survives_a_crashed_back
     )
     .unwrap();
     assert_eq!(code, 200, "{v}");
-    assert!(v.as_array().unwrap().iter().all(|r| r["node"] == 2));
+    assert_eq!(v["node"], 2, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 100);
     let (h, _) = c.wait_converged(&all, 2, T);
 
     // f = 1: with one backup killed the other three still commit.

@@ -134,8 +134,8 @@ async fn post_tx(
     let wait = q.wait.unwrap_or(true);
     match submit(&shared, txs, wait).await {
         Submitted::Done(mut replies) => match replies.pop() {
-            Some(Ok(v)) => Json(v).into_response(),
-            Some(Err(Rejection::Stale(msg))) => error(StatusCode::CONFLICT, msg),
+            Some(Ok(rec)) => Json(committed_reply(&shared, &rec)).into_response(),
+            Some(Err(Rejection::Stale { msg, .. })) => error(StatusCode::CONFLICT, msg),
             Some(Err(Rejection::Response(r))) => r,
             None => error(StatusCode::INTERNAL_SERVER_ERROR, "no reply"),
         },
@@ -178,20 +178,45 @@ async fn post_txs(
     let wait = q.wait.unwrap_or(true);
     match submit(&shared, txs, wait).await {
         Submitted::Done(replies) => {
-            let mut out = Vec::with_capacity(replies.len());
+            let mut results = Vec::with_capacity(replies.len());
             for r in replies {
                 match r {
-                    Ok(v) => out.push(v),
-                    // A stale seq is that entry's answer; anything else (a commit timeout)
-                    // fails the batch and the client retries it (duplicates are answered from
-                    // the store).
-                    Err(Rejection::Stale(msg)) => {
-                        out.push(json!({ "status": "rejected", "error": msg }))
+                    Ok(rec) => results.push(crate::reply::BatchResult {
+                        tx_hash: rec.tx_hash,
+                        height: rec.height,
+                        result: serde_json::to_value(&rec.outcome).unwrap_or(Value::Null),
+                    }),
+                    // A stale seq is that entry's answer (height 0: in no block); anything
+                    // else (a commit timeout) fails the batch and the client retries it
+                    // (duplicates are answered from the store).
+                    Err(Rejection::Stale { tx_hash, msg }) => {
+                        results.push(crate::reply::BatchResult {
+                            tx_hash,
+                            height: 0,
+                            result: json!({ "rejected": msg }),
+                        })
                     }
                     Err(Rejection::Response(resp)) => return resp,
                 }
             }
-            Json(Value::Array(out)).into_response()
+            let sig = crate::reply::sign_batch(&shared.key, &results);
+            let results: Vec<Value> = results
+                .iter()
+                .map(|r| {
+                    json!({
+                        "tx_hash": hex::encode(r.tx_hash),
+                        "height": r.height,
+                        "result": r.result,
+                    })
+                })
+                .collect();
+            Json(json!({
+                "status": "committed",
+                "node": shared.id,
+                "results": results,
+                "signature": hex::encode(sig),
+            }))
+            .into_response()
         }
         Submitted::Accepted(hashes) => accepted(hashes),
         Submitted::Forward(leader) => {
@@ -213,12 +238,15 @@ fn accepted(hashes: Vec<[u8; 32]>) -> Response {
 /// Why one transaction of a submission has no committed reply.
 enum Rejection {
     /// Its seq is at or below the client's last applied one and it is not that transaction.
-    Stale(String),
+    Stale {
+        tx_hash: [u8; 32],
+        msg: String,
+    },
     Response(Response),
 }
 
 enum Submitted {
-    Done(Vec<Result<Value, Rejection>>),
+    Done(Vec<Result<TxRecord, Rejection>>),
     Accepted(Vec<[u8; 32]>),
     Forward(u64),
     Failed(Response),
@@ -226,7 +254,7 @@ enum Submitted {
 
 /// Answers duplicates from the store, proposes the rest and (if `wait`) waits for them.
 async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
-    let mut results: Vec<Option<Result<Value, Rejection>>> = Vec::with_capacity(txs.len());
+    let mut results: Vec<Option<Result<TxRecord, Rejection>>> = Vec::with_capacity(txs.len());
     let mut to_propose = Vec::new();
     let mut slots = Vec::new();
     let mut hashes = Vec::with_capacity(txs.len());
@@ -246,12 +274,15 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
         if last.is_some_and(|last| tx.seq <= last) {
             match shared.store.tx_record(&tx.client, tx.seq) {
                 // A duplicate: the original answer, never a second application.
-                Ok(Some(rec)) => results.push(Some(Ok(committed_reply(shared, &rec)))),
-                Ok(None) => results.push(Some(Err(Rejection::Stale(format!(
-                    "seq {} is at or below this client's last applied seq {}",
-                    tx.seq,
-                    last.unwrap_or_default()
-                ))))),
+                Ok(Some(rec)) => results.push(Some(Ok(rec))),
+                Ok(None) => results.push(Some(Err(Rejection::Stale {
+                    tx_hash: *hashes.last().unwrap_or(&[0; 32]),
+                    msg: format!(
+                        "seq {} is at or below this client's last applied seq {}",
+                        tx.seq,
+                        last.unwrap_or_default()
+                    ),
+                }))),
                 Err(e) => return Submitted::Failed(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
             }
         } else {
@@ -320,7 +351,7 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
     let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
     for (slot, rx) in slots.into_iter().zip(receivers) {
         let r = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(rec)) => Ok(committed_reply(shared, &rec)),
+            Ok(Ok(rec)) => Ok(rec),
             _ => Err(Rejection::Response(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timed out waiting for the transaction to commit; retry with the same seq",

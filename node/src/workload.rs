@@ -241,18 +241,13 @@ pub async fn run(
     all
 }
 
-/// (tx hash, height, ack instant) of each committed transaction of a reply array.
+/// (tx hash, height, result JSON) of each committed transaction of a batch reply.
 fn committed_entries(body: &Value) -> Vec<([u8; 32], u64, String)> {
-    let Some(arr) = body.as_array() else {
-        return Vec::new();
-    };
-    arr.iter()
-        .filter(|e| e["status"] == "committed")
-        .filter_map(|e| {
-            let mut h = [0u8; 32];
-            hex::decode_to_slice(e["tx_hash"].as_str()?, &mut h).ok()?;
-            Some((h, e["height"].as_u64()?, e["result"].to_string()))
-        })
+    crate::reply::parse_batch_results(body)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.height > 0)
+        .map(|r| (r.tx_hash, r.height, r.result.to_string()))
         .collect()
 }
 
