@@ -502,6 +502,11 @@ async fn get_status(State(shared): State<AppState>) -> Response {
         s.height = head.height;
         s.head_hash = head.hash;
     }
+    // The lowest block held: 1 on a node with the whole chain (null before the first block).
+    let first_height = shared.store.first_height().ok().flatten();
+    let block_sync = s
+        .block_sync
+        .map(|(low, target)| json!({ "target_height": target, "fetched_from": low }));
     Json(json!({
         "id": shared.id,
         "protocol": shared.cluster.protocol,
@@ -510,9 +515,11 @@ async fn get_status(State(shared): State<AppState>) -> Response {
         "view": s.engine.view,
         "leader": s.engine.leader,
         "height": s.height,
+        "first_height": first_height,
         "head_hash": hex::encode(s.head_hash),
         "commit_index": s.engine.commit_index,
         "peers_connected": shared.net.connected_peers(),
+        "block_sync": block_sync,
     }))
     .into_response()
 }

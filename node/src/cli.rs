@@ -110,6 +110,9 @@ enum Command {
         /// The size budget of every message; the simulated network refuses larger ones.
         #[arg(long, default_value_t = crate::config::DEFAULT_MAX_MESSAGE_BYTES)]
         max_message_bytes: usize,
+        /// The large-message workload: a quarter of the operations put 16–60 KB values.
+        #[arg(long)]
+        large_values: bool,
         /// One JSON object per seed instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -184,6 +187,9 @@ enum Command {
         /// The node's data dir (node.toml's data_dir).
         #[arg(long)]
         data: PathBuf,
+        /// Accept a chain that does not start at height 1 (exit 0 with `partial ...`).
+        #[arg(long)]
+        allow_partial: bool,
     },
 }
 
@@ -284,6 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             steps,
             clients,
             max_message_bytes,
+            large_values,
             json,
         } => {
             if !(0.0..=1.0).contains(&drop) {
@@ -305,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 steps,
                 clients,
                 max_message_bytes,
+                large_values,
                 ..crate::sim::SimConfig::new(protocol, nodes, 0)
             };
             let code = crate::sim::sweep::run_sweep(&base, seeds.first, seeds.last, json)?;
@@ -423,13 +431,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::client::run(&cluster, key, command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { data } => {
+        Command::Verify {
+            data,
+            allow_partial,
+        } => {
             let verdict = verify::verify_dir(&data)
                 .with_context(|| format!("cannot audit {}", data.display()))?;
             match verdict {
                 verify::Verdict::Ok { height, head } => {
                     outln!("ok height={height} head={}", hex::encode(head));
                     Ok(ExitCode::SUCCESS)
+                }
+                verify::Verdict::Partial {
+                    first,
+                    height,
+                    head,
+                } => {
+                    outln!(
+                        "partial first={first} height={height} head={}",
+                        hex::encode(head)
+                    );
+                    Ok(if allow_partial {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
                 }
                 verify::Verdict::Bad { height, reason } => {
                     outln!("bad height={height}: {reason}");

@@ -233,6 +233,9 @@ pub struct Timing {
     pub view_change_ticks: u32,
     /// PBFT: checkpoint interval K in sequence numbers.
     pub checkpoint_interval: u64,
+    /// Raft: compact the Raft log (never the blocks) every this many applied entries; a
+    /// follower behind the compacted log catches up by snapshot + block sync.
+    pub compact_every: u64,
 }
 
 impl Default for Timing {
@@ -243,6 +246,7 @@ impl Default for Timing {
             heartbeat_ticks: 5,
             view_change_ticks: 100,
             checkpoint_interval: 64,
+            compact_every: 1024,
         }
     }
 }

@@ -11,11 +11,26 @@ use crate::store::{Store, StoreError};
 /// Result of an audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Ok { height: u64, head: Hash },
-    Bad { height: u64, reason: String },
+    Ok {
+        height: u64,
+        head: Hash,
+    },
+    /// The chain checks out, but it starts at `first`, not at height 1: the blocks below were
+    /// never stored (a snapshot installed by a version that did not fetch them).
+    Partial {
+        first: u64,
+        height: u64,
+        head: Hash,
+    },
+    Bad {
+        height: u64,
+        reason: String,
+    },
 }
 
-/// Audits the store: every block from the base up to the head must decode, carry its own
+/// Audits the store: every block from height 1 (or from the base, for a data dir that starts
+/// at an installed snapshot: then the verdict is at best [`Verdict::Partial`]) up to the head
+/// must decode, carry its own
 /// height, link to its predecessor, hash to its stored hash, and hold only validly signed
 /// transactions; the head must be the last block.
 pub fn verify_store(store: &Store) -> Result<Verdict, StoreError> {
@@ -63,6 +78,13 @@ pub fn verify_store(store: &Store) -> Result<Verdict, StoreError> {
         return Ok(Verdict::Bad {
             height: head.height,
             reason: "head hash does not match the last block".into(),
+        });
+    }
+    if base.height > 0 {
+        return Ok(Verdict::Partial {
+            first: base.height + 1,
+            height: head.height,
+            head: head.hash,
         });
     }
     Ok(Verdict::Ok {

@@ -235,3 +235,35 @@ fn pbft_blocks_carry_commit_certificates_that_verify_offline() {
         "no certificate"
     );
 }
+
+// Issue 10: large values under the smallest message budget, with crashes, partitions and a
+// small compaction interval: batches are cut by bytes, followers behind the compacted log
+// catch up by snapshot + block sync, no message exceeds the budget, and every correct node
+// ends with the whole chain from height 1 (checked by the run itself).
+#[test]
+fn raft_large_values_catch_up_by_block_sync_within_the_budget() {
+    let mut synced = 0;
+    let n = seeds(200) / 20;
+    for seed in 1..=n {
+        let r = run(SimConfig {
+            large_values: true,
+            max_message_bytes: faultline_node::config::MIN_MAX_MESSAGE_BYTES,
+            ..faulty(Protocol::Raft, 3, seed)
+        })
+        .unwrap();
+        assert_eq!(r.oversized, 0, "{}", r.line());
+        must_be_ok(&r);
+        if r.messages_by_type
+            .get("block_response")
+            .copied()
+            .unwrap_or(0)
+            > 0
+        {
+            synced += 1;
+        }
+    }
+    assert!(
+        synced * 2 >= n,
+        "block sync ran in only {synced} of {n} seeds"
+    );
+}

@@ -11,6 +11,7 @@
 //! 4. hand the applied blocks back with [`Engine::applied`], and poll again until the step is
 //!    empty.
 
+pub mod block_sync;
 pub mod pbft;
 pub mod raft;
 
@@ -116,16 +117,16 @@ pub trait Engine: Send {
         Ok(false)
     }
 
+    /// Block sync under way: `(lowest height fetched, target height)` (status endpoint).
+    fn block_sync(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Reads started with [`Engine::read_index`] that may now be served from the store; call
     /// after [`drive`] (the applied blocks they wait for are then durable).
     fn ready_reads(&mut self) -> Vec<u64> {
         Vec::new()
     }
-}
-
-/// Encodes a protocol message for the wire (postcard: compact, stable).
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Arc<[u8]> {
-    postcard::to_allocvec(value).unwrap_or_default().into()
 }
 
 /// Runs the driving loop's steps 2–4 until the engine has nothing more to say: commits each
@@ -178,6 +179,7 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 max_batch_txs: setup.batching.max_batch_txs,
                 max_inflight_batches: setup.batching.max_inflight_batches,
                 max_message_bytes: setup.limits.max_message_bytes,
+                compact_every: setup.timing.compact_every.max(1),
                 seed: setup.seed,
                 ..raft::RaftOptions::default()
             };

@@ -32,6 +32,10 @@ macro_rules! passthrough_engine_methods {
         fn ready_reads(&mut self) -> Vec<u64> {
             self.inner.ready_reads()
         }
+
+        fn block_sync(&self) -> Option<(u64, u64)> {
+            self.inner.block_sync()
+        }
     };
 }
 

@@ -7,8 +7,8 @@ use faultline_raft::{Message, MessageBody};
 
 use super::ByzantineMode;
 use crate::config::Protocol;
-use crate::engine::raft::RaftEngine;
-use crate::engine::{encode, Engine, EngineError, NodeId, Outgoing, ProposeError, Rejected, Step};
+use crate::engine::raft::{decode_raft, encode_raft, RaftEngine};
+use crate::engine::{Engine, EngineError, NodeId, Outgoing, ProposeError, Rejected, Step};
 use crate::ledger::{Op, Tx};
 use crate::store::Store;
 
@@ -120,9 +120,10 @@ impl Engine for ByzantineRaft {
     }
 
     fn on_message(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), Rejected> {
-        let msg: Message = postcard::from_bytes(bytes).map_err(|_| Rejected {
-            reason: "malformed",
-        })?;
+        // Block-sync traffic goes to the honest engine as is.
+        let Some(msg) = decode_raft(bytes) else {
+            return self.inner.on_message(from, bytes);
+        };
         match (&self.mode, &msg.body) {
             // Acknowledge appends at once, storing nothing.
             (
@@ -204,14 +205,18 @@ impl Engine for ByzantineRaft {
         }
         let mut out = Vec::with_capacity(step.messages.len());
         for m in step.messages.drain(..) {
-            let Ok(msg) = postcard::from_bytes::<Message>(&m.bytes) else {
+            let Some(msg) = decode_raft(&m.bytes) else {
+                // Block sync: a silent node says nothing; the others serve honestly.
+                if self.mode != ByzantineMode::Silent {
+                    out.push(m);
+                }
                 continue;
             };
             if let Some(msg) = self.transform(msg) {
                 out.push(Outgoing {
                     to: m.to,
                     kind: msg.type_name(),
-                    bytes: encode(&msg),
+                    bytes: encode_raft(&msg),
                 });
             }
         }
@@ -220,7 +225,7 @@ impl Engine for ByzantineRaft {
                 out.push(Outgoing {
                     to: msg.to,
                     kind: msg.type_name(),
-                    bytes: encode(&msg),
+                    bytes: encode_raft(&msg),
                 });
             }
         }

@@ -273,6 +273,7 @@ impl Driver {
         }
         s.engine = status;
         s.peers_connected = peers;
+        s.block_sync = self.engine.block_sync();
     }
 }
 
@@ -283,6 +284,7 @@ impl NodeStatus {
             height: 0,
             head_hash: [0; 32],
             peers_connected: 0,
+            block_sync: engine.block_sync(),
         }
     }
 }

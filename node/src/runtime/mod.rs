@@ -28,6 +28,8 @@ pub struct NodeStatus {
     pub height: u64,
     pub head_hash: [u8; 32],
     pub peers_connected: usize,
+    /// Block sync under way: `(lowest height fetched, target height)`.
+    pub block_sync: Option<(u64, u64)>,
 }
 
 /// State shared by the driver task and the API handlers.

@@ -25,6 +25,8 @@ const CLIENT_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("client_seq
 const TX_RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_results");
 const ENGINE_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engine_kv");
 const ENGINE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("engine_log");
+/// Blocks fetched by block sync and verified, not yet applied (height -> encoded block).
+const SYNC_STAGING: TableDefinition<u64, &[u8]> = TableDefinition::new("sync_staging");
 
 const META_HEAD: &str = "head";
 const META_BASE: &str = "base";
@@ -132,23 +134,17 @@ pub enum EngineOp {
     },
 }
 
-/// The whole ledger state at a height, shipped as a Raft snapshot to a follower that fell
-/// behind the leader's compacted log. Blocks below it are not shipped: the follower's chain
-/// starts at `head` (its "base").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerSnapshot {
-    pub head: Head,
-    pub kv: Vec<(String, String)>,
-    pub balances: Vec<(String, u64)>,
-    pub client_seq: Vec<([u8; 32], u64)>,
-}
-
 /// Everything one driver step wants durable, committed atomically with one fsync.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     pub engine: Vec<EngineOp>,
-    /// Replace the ledger by a snapshot (before the blocks below are applied).
-    pub install_snapshot: Option<LedgerSnapshot>,
+    /// Block sync: drop every staged block (a new sync target), before `stage`.
+    pub clear_staging: bool,
+    /// Block sync: verified blocks to stage (not applied yet).
+    pub stage: Vec<Block>,
+    /// Block sync: staged blocks to apply now, in order, on top of the head (before
+    /// `blocks`); each must rebuild to exactly its stored hash, and leaves the staging table.
+    pub synced: Vec<Block>,
     /// Batches to append as blocks, in order.
     pub blocks: Vec<NewBlock>,
 }
@@ -161,7 +157,11 @@ pub struct NewBlock {
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.engine.is_empty() && self.install_snapshot.is_none() && self.blocks.is_empty()
+        self.engine.is_empty()
+            && !self.clear_staging
+            && self.stage.is_empty()
+            && self.synced.is_empty()
+            && self.blocks.is_empty()
     }
 }
 
@@ -297,6 +297,7 @@ impl Store {
             txn.open_table(TX_RESULTS)?;
             txn.open_table(ENGINE_KV)?;
             txn.open_table(ENGINE_LOG)?;
+            txn.open_table(SYNC_STAGING)?;
             let mut balances = txn.open_table(BALANCES)?;
             let mut meta = txn.open_table(META)?;
             let stored = meta.get(META_GENESIS)?.map(|v| v.value().to_vec());
@@ -444,32 +445,57 @@ impl Store {
         Ok(out)
     }
 
-    /// The current ledger state as a snapshot (Raft compaction / InstallSnapshot).
-    pub fn snapshot(&self) -> Result<LedgerSnapshot, StoreError> {
+    /// Height of the lowest block this store holds (`None`: no block yet). 1 on a node with
+    /// the whole chain.
+    pub fn first_height(&self) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read()?;
-        let mut snap = LedgerSnapshot {
-            head: self.head()?,
-            kv: Vec::new(),
-            balances: Vec::new(),
-            client_seq: Vec::new(),
+        let t = txn.open_table(BLOCKS)?;
+        let first = t.first()?.map(|(k, _)| k.value());
+        Ok(first)
+    }
+
+    /// Lowest and highest staged height (block sync), if any block is staged.
+    pub fn staged_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        // Data dirs from before block sync have no staging table: nothing staged.
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(SYNC_STAGING) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
-        for item in txn.open_table(KV)?.iter()? {
+        let lo = t.first()?.map(|(k, _)| k.value());
+        let hi = t.last()?.map(|(k, _)| k.value());
+        let range = lo.zip(hi);
+        Ok(range)
+    }
+
+    /// Staged blocks `lo..=hi` (block sync), ascending; stops at the first missing height.
+    pub fn staged_blocks(&self, lo: u64, hi: u64) -> Result<Vec<Block>, StoreError> {
+        self.staged_blocks_limited(lo, hi, usize::MAX)
+    }
+
+    /// Like [`Store::staged_blocks`], stopping once `max_bytes` of encoded blocks are read
+    /// (at least one block is returned if `lo` is staged).
+    pub fn staged_blocks_limited(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SYNC_STAGING)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in t.range(lo..=hi)? {
             let (k, v) = item?;
-            snap.kv.push((k.value().to_string(), v.value().to_string()));
+            let h = k.value();
+            if h != lo + out.len() as u64 || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes = bytes.saturating_add(v.value().len());
+            out.push(decode(&format!("staged block {h}"), v.value())?);
         }
-        for item in txn.open_table(BALANCES)?.iter()? {
-            let (k, v) = item?;
-            snap.balances.push((k.value().to_string(), v.value()));
-        }
-        for item in txn.open_table(CLIENT_SEQ)?.iter()? {
-            let (k, v) = item?;
-            let client: [u8; 32] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("client key length".into()))?;
-            snap.client_seq.push((client, v.value()));
-        }
-        Ok(snap)
+        Ok(out)
     }
 
     /// Commits one driver step atomically with an fsync: engine state, an optional snapshot
@@ -509,11 +535,20 @@ impl Store {
                 }
             }
         }
-        if let Some(snap) = batch.install_snapshot {
-            Self::install(txn, snap)?;
+        if batch.clear_staging || !batch.stage.is_empty() || !batch.synced.is_empty() {
+            let mut staging = txn.open_table(SYNC_STAGING)?;
+            if batch.clear_staging {
+                staging.retain(|_, _| false)?;
+            }
+            for b in &batch.stage {
+                staging.insert(b.height, encode(b).as_slice())?;
+            }
+            for b in &batch.synced {
+                staging.remove(b.height)?;
+            }
         }
-        let mut applied = Vec::with_capacity(batch.blocks.len());
-        if batch.blocks.is_empty() {
+        let mut applied = Vec::with_capacity(batch.synced.len() + batch.blocks.len());
+        if batch.blocks.is_empty() && batch.synced.is_empty() {
             return Ok(applied);
         }
         let mut head: Head = {
@@ -524,7 +559,18 @@ impl Store {
             decode("head", v.value())?
         };
         let mut tables = LedgerTables::open(txn)?;
-        for nb in batch.blocks {
+        let synced = batch.synced.into_iter().map(|b| {
+            let hash = b.hash;
+            (
+                NewBlock {
+                    txs: b.txs,
+                    certificate: b.certificate,
+                },
+                Some((b.height, hash)),
+            )
+        });
+        let fresh = batch.blocks.into_iter().map(|nb| (nb, None));
+        for (nb, expected) in synced.chain(fresh) {
             // Each tx hash is computed once: for the block hash, the records and the waiters.
             let tx_hashes: Vec<Hash> = nb.txs.iter().map(Tx::hash).collect();
             let block = Block::with_tx_hashes(
@@ -534,6 +580,16 @@ impl Store {
                 nb.certificate,
                 &tx_hashes,
             );
+            if let Some((height, hash)) = expected {
+                // A synced block was verified against the chain when staged; rebuilt on our
+                // head it must come out identical, or our chain and the leader's differ.
+                if height != block.height || hash != block.hash {
+                    return Err(StoreError::Corrupt(format!(
+                        "synced block {height} does not extend the local chain at height {}",
+                        head.height
+                    )));
+                }
+            }
             let mut outcomes = Vec::with_capacity(block.txs.len());
             for (tx, tx_hash) in block.txs.iter().zip(&tx_hashes) {
                 let outcome = match apply_tx(&mut tables, tx)? {
@@ -570,30 +626,5 @@ impl Store {
         txn.open_table(META)?
             .insert(META_HEAD, encode(&head).as_slice())?;
         Ok(applied)
-    }
-
-    fn install(txn: &WriteTransaction, snap: LedgerSnapshot) -> Result<(), StoreError> {
-        let mut kv = txn.open_table(KV)?;
-        kv.retain(|_, _| false)?;
-        for (k, v) in &snap.kv {
-            kv.insert(k.as_str(), v.as_str())?;
-        }
-        let mut bal = txn.open_table(BALANCES)?;
-        bal.retain(|_, _| false)?;
-        for (k, v) in &snap.balances {
-            bal.insert(k.as_str(), *v)?;
-        }
-        let mut cs = txn.open_table(CLIENT_SEQ)?;
-        cs.retain(|_, _| false)?;
-        for (k, v) in &snap.client_seq {
-            cs.insert(k.as_slice(), *v)?;
-        }
-        // Blocks we hold above the snapshot head would not chain onto it: drop them all; the
-        // chain restarts at the snapshot's head.
-        txn.open_table(BLOCKS)?.retain(|_, _| false)?;
-        let mut meta = txn.open_table(META)?;
-        meta.insert(META_HEAD, encode(&snap.head).as_slice())?;
-        meta.insert(META_BASE, encode(&snap.head).as_slice())?;
-        Ok(())
     }
 }
