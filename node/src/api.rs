@@ -37,6 +37,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tx", post(post_tx))
         .route("/v1/txs", post(post_txs))
         .route("/v1/kv/{key}", get(get_kv))
+        .route("/v1/balances/{account}", get(get_balance))
+        .route("/v1/txs/{hash}", get(get_receipt))
         .route("/v1/status", get(get_status))
         .route("/v1/blocks/{height}", get(get_block))
         .route("/metrics", get(get_metrics))
@@ -424,50 +426,59 @@ async fn relay(resp: Result<reqwest::Response, reqwest::Error>, leader: u64) -> 
     }
 }
 
+/// Makes a read's `consistency` hold before it is served from the local store. `linearizable`
+/// (the default): a raft node confirms it leads and has applied everything committed when the
+/// read began (ReadIndex), a follower relays the read to the leader (`Err` carries the
+/// leader's answer); PBFT has no read-index path here and serves its applied state. `local`:
+/// this node's applied state, possibly stale.
+async fn read_barrier(
+    shared: &Shared,
+    consistency: Option<&str>,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<(), Response> {
+    match consistency {
+        None | Some("linearizable") => {
+            let (reply, answer) = oneshot::channel();
+            if shared.cmds.send(Cmd::Read { reply }).await.is_err() {
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"));
+            }
+            match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                }))) if leader != shared.id && !headers.contains_key(FORWARDED) => {
+                    let Some(entry) = shared.cluster.node(leader) else {
+                        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "leader unknown"));
+                    };
+                    let url = format!("http://{}{path}?consistency=linearizable", entry.api);
+                    let req = shared.http.get(url).header(FORWARDED, "1");
+                    Err(relay(req.send().await, leader).await)
+                }
+                Ok(Ok(Err(e))) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+                _ => Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timed out confirming leadership for a linearizable read",
+                )),
+            }
+        }
+        Some("local") => Ok(()),
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("consistency must be linearizable or local, not {other:?}"),
+        )),
+    }
+}
+
 async fn get_kv(
     State(shared): State<AppState>,
     Path(key): Path<String>,
     Query(q): Query<ReadParam>,
     headers: HeaderMap,
 ) -> Response {
-    match q.consistency.as_deref() {
-        None | Some("linearizable") => {
-            let (reply, answer) = oneshot::channel();
-            if shared.cmds.send(Cmd::Read { reply }).await.is_err() {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "node is stopping");
-            }
-            match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(ProposeError::NotLeader {
-                    leader: Some(leader),
-                }))) if leader != shared.id && !headers.contains_key(FORWARDED) => {
-                    let Some(entry) = shared.cluster.node(leader) else {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "leader unknown");
-                    };
-                    let url = format!(
-                        "http://{}/v1/kv/{}?consistency=linearizable",
-                        entry.api,
-                        encode_path(&key)
-                    );
-                    let req = shared.http.get(url).header(FORWARDED, "1");
-                    return relay(req.send().await, leader).await;
-                }
-                Ok(Ok(Err(e))) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-                _ => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "timed out confirming leadership for a linearizable read",
-                    )
-                }
-            }
-        }
-        Some("local") => {}
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("consistency must be linearizable or local, not {other:?}"),
-            )
-        }
+    let path = format!("/v1/kv/{}", encode_path(&key));
+    if let Err(r) = read_barrier(&shared, q.consistency.as_deref(), &headers, &path).await {
+        return r;
     }
     let height = match shared.store.head() {
         Ok(h) => h.height,
@@ -478,6 +489,46 @@ async fn get_kv(
             Json(json!({ "key": key, "value": value, "height": height })).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("key {key:?} not found")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// An account's balance, with the same consistency as `/v1/kv`; an account never credited has
+/// balance 0 (not 404): every name is a valid account.
+async fn get_balance(
+    State(shared): State<AppState>,
+    Path(account): Path<String>,
+    Query(q): Query<ReadParam>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/v1/balances/{}", encode_path(&account));
+    if let Err(r) = read_barrier(&shared, q.consistency.as_deref(), &headers, &path).await {
+        return r;
+    }
+    let height = match shared.store.head() {
+        Ok(h) => h.height,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    match shared.store.balance(&account) {
+        Ok(balance) => Json(json!({ "account": account, "balance": balance, "height": height }))
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The receipt of a transaction: the same signed reply `POST /v1/tx` gives, once this node has
+/// applied it. A client whose write timed out asks here instead of scanning blocks.
+async fn get_receipt(State(shared): State<AppState>, Path(hash): Path<String>) -> Response {
+    let mut tx_hash = [0u8; 32];
+    if hex::decode_to_slice(&hash, &mut tx_hash).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a transaction hash is 64 hex characters",
+        );
+    }
+    match shared.store.receipt(&tx_hash) {
+        Ok(Some(rec)) => Json(committed_reply(&shared, &rec)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown transaction"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -30,6 +30,10 @@ pub enum ClientCommand {
     },
     /// Read KEY (linearizable).
     Get { key: String },
+    /// Read ACCOUNT's balance (linearizable; an account never credited has 0).
+    Balance { account: String },
+    /// What became of the transaction with this hash (e.g. after a write timed out).
+    Receipt { hash: String },
     /// Every node's status, as a table.
     Status,
     /// Every node's height and head hash.
@@ -68,13 +72,18 @@ pub fn run(cluster_path: &Path, key: Option<PathBuf>, cmd: ClientCommand) -> Res
             ClientCommand::Delete { key } => Op::Delete { key },
             ClientCommand::Transfer { from, to, amount } => Op::Transfer { from, to, amount },
             ClientCommand::Get { key } => return get(&cluster, &http, &key).await,
+            ClientCommand::Balance { account } => return balance(&cluster, &http, &account).await,
+            ClientCommand::Receipt { hash } => return receipt(&cluster, &http, &hash).await,
             ClientCommand::Status => return status(&cluster, &http).await,
             ClientCommand::Head => return head(&cluster, &http).await,
             ClientCommand::Block { height } => return block(&cluster, &http, height).await,
         };
         let sk = crate::keys::read_key(&key_path)?;
         let tx = Tx::sign(&sk, next_seq(), op);
-        let r = write(&cluster, &http, &tx).await?;
+        let hash = hex::encode(tx.hash());
+        let r = write(&cluster, &http, &tx).await.with_context(|| {
+            format!("tx_hash={hash} may still commit: check with `faultline client receipt {hash}`")
+        })?;
         outln!(
             "committed height={} tx_hash={} result={}",
             r.height,
@@ -232,6 +241,73 @@ async fn get(cluster: &ClusterConfig, http: &reqwest::Client, key: &str) -> Resu
         }
     }
     bail!("no node could answer the read ({last})")
+}
+
+async fn balance(cluster: &ClusterConfig, http: &reqwest::Client, account: &str) -> Result<()> {
+    let mut last = String::new();
+    for node in &cluster.nodes {
+        let url = format!("http://{}/v1/balances/{account}", node.api);
+        match get_json(http, url).await {
+            Ok((200, v)) => {
+                outln!(
+                    "{account} = {} (height {})",
+                    v.get("balance").unwrap_or(&Value::Null),
+                    v.get("height").unwrap_or(&Value::Null)
+                );
+                return Ok(());
+            }
+            Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
+            Err(e) => last = format!("node {} unreachable: {e}", node.id),
+        }
+    }
+    bail!("no node could answer the read ({last})")
+}
+
+/// Asks every node for the receipt; for PBFT, f+1 matching signed receipts are required (at
+/// least one correct node vouches for it), for Raft one verified receipt.
+async fn receipt(cluster: &ClusterConfig, http: &reqwest::Client, hash: &str) -> Result<()> {
+    let need = match cluster.protocol {
+        Protocol::Raft => 1,
+        Protocol::Pbft => cluster.f + 1,
+    };
+    let mut votes: HashMap<(u64, String), HashSet<u64>> = HashMap::new();
+    let mut not_found = 0;
+    let mut last = String::from("no node answered");
+    for node in &cluster.nodes {
+        let url = format!("http://{}/v1/txs/{hash}", node.api);
+        match get_json(http, url).await {
+            Ok((200, v)) => {
+                if let Some((id, r)) = verified_reply(cluster, &v) {
+                    let voters = votes.entry((r.height, r.result.to_string())).or_default();
+                    voters.insert(id);
+                    if voters.len() >= need {
+                        outln!(
+                            "committed height={} tx_hash={} result={}",
+                            r.height,
+                            r.tx_hash,
+                            r.result
+                        );
+                        return Ok(());
+                    }
+                } else {
+                    last = format!(
+                        "node {}: a receipt whose signature does not verify",
+                        node.id
+                    );
+                }
+            }
+            Ok((404, _)) => not_found += 1,
+            Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
+            Err(e) => last = format!("node {} unreachable: {e}", node.id),
+        }
+    }
+    if not_found > cluster.n() - need {
+        bail!(
+            "unknown transaction: {not_found} of {} nodes have not applied {hash}",
+            cluster.n()
+        );
+    }
+    bail!("fewer than {need} matching signed receipts ({last})")
 }
 
 fn field(v: &Value, k: &str) -> String {

@@ -23,6 +23,8 @@ const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 const BALANCES: TableDefinition<&str, u64> = TableDefinition::new("balances");
 const CLIENT_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("client_seq");
 const TX_RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_results");
+/// Tx hash → its `client_seq_key`, for receipts (`GET /v1/txs/{hash}`).
+const TX_BY_HASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_by_hash");
 const ENGINE_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engine_kv");
 const ENGINE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("engine_log");
 /// Blocks fetched by block sync and verified, not yet applied (height -> encoded block).
@@ -186,6 +188,7 @@ struct LedgerTables<'t> {
     balances: redb::Table<'t, &'static str, u64>,
     client_seq: redb::Table<'t, &'static [u8], u64>,
     tx_results: redb::Table<'t, &'static [u8], &'static [u8]>,
+    tx_by_hash: redb::Table<'t, &'static [u8], &'static [u8]>,
     blocks: redb::Table<'t, u64, &'static [u8]>,
 }
 
@@ -196,6 +199,7 @@ impl<'t> LedgerTables<'t> {
             balances: txn.open_table(BALANCES)?,
             client_seq: txn.open_table(CLIENT_SEQ)?,
             tx_results: txn.open_table(TX_RESULTS)?,
+            tx_by_hash: txn.open_table(TX_BY_HASH)?,
             blocks: txn.open_table(BLOCKS)?,
         })
     }
@@ -295,6 +299,7 @@ impl Store {
             txn.open_table(KV)?;
             txn.open_table(CLIENT_SEQ)?;
             txn.open_table(TX_RESULTS)?;
+            txn.open_table(TX_BY_HASH)?;
             txn.open_table(ENGINE_KV)?;
             txn.open_table(ENGINE_LOG)?;
             txn.open_table(SYNC_STAGING)?;
@@ -405,6 +410,22 @@ impl Store {
     }
 
     /// The recorded result of `(client, seq)`, if that transaction was applied.
+    /// The record of the applied transaction with this hash, if any (a receipt).
+    pub fn receipt(&self, tx_hash: &[u8; 32]) -> Result<Option<TxRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(key) = txn
+            .open_table(TX_BY_HASH)?
+            .get(tx_hash.as_slice())?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(None);
+        };
+        match txn.open_table(TX_RESULTS)?.get(key.as_slice())? {
+            Some(v) => Ok(Some(decode("tx record", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn tx_record(&self, client: &[u8; 32], seq: u64) -> Result<Option<TxRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(TX_RESULTS)?;
@@ -602,10 +623,13 @@ impl Store {
                         tx_hash: *tx_hash,
                         outcome: o.clone(),
                     };
-                    tables.tx_results.insert(
-                        client_seq_key(&tx.client, tx.seq).as_slice(),
-                        encode(&rec).as_slice(),
-                    )?;
+                    let key = client_seq_key(&tx.client, tx.seq);
+                    tables
+                        .tx_results
+                        .insert(key.as_slice(), encode(&rec).as_slice())?;
+                    tables
+                        .tx_by_hash
+                        .insert(tx_hash.as_slice(), key.as_slice())?;
                 }
                 outcomes.push(outcome);
             }
