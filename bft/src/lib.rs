@@ -26,8 +26,8 @@ pub use config::{request_cost, Config, ConfigError, NodeId};
 pub use crypto::{Signature64, DOMAIN};
 pub use message::{
     decode_and_verify, decode_payload, decode_signed, encode_payload, reason, sign, sign_message,
-    Checkpoint, Commit, NewView, Payload, PrePrepare, Prepare, PreparedProof, Request,
-    SignedMessage, StateRequest, StateResponse, ViewChange, MAX_MESSAGE_BYTES,
+    Batch, BatchRequest, Checkpoint, Commit, NewView, Payload, PrePrepare, Prepare, PreparedProof,
+    Proposal, Request, SignedMessage, StateRequest, StateResponse, ViewChange, MAX_MESSAGE_BYTES,
 };
 pub use replica::Replica;
 pub use state_transfer::{Fetch, ServeRequest};
@@ -94,7 +94,7 @@ pub enum PersistOp {
 pub struct Outgoing {
     pub to: NodeId,
     /// "request", "pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view",
-    /// "state_request" or "state_response".
+    /// "state_request", "state_response", "batch_request" or "batch".
     pub kind: &'static str,
     pub bytes: Arc<[u8]>,
 }

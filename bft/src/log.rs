@@ -22,6 +22,9 @@ pub struct Slot {
     pub prepared: bool,
     /// committed-local(m, v, n, i) holds (§4.2).
     pub committed: bool,
+    /// The pre-prepare came in a NEW-VIEW's O set: its requests count as in flight here
+    /// (they are handed on at the next view change if they do not execute).
+    pub reissued: bool,
 }
 
 impl Slot {
@@ -33,6 +36,7 @@ impl Slot {
             commits: BTreeMap::new(),
             prepared: false,
             committed: false,
+            reissued: false,
         }
     }
 

@@ -15,8 +15,8 @@ use crate::config::NodeId;
 use crate::crypto::{sign_bytes, verify_bytes, Signature64};
 use crate::Rejected;
 
-/// Largest accepted wire message. A view change carries up to L prepared batches, so this is
-/// generous; anything larger is dropped before decoding.
+/// Largest accepted wire message (an upper bound before decoding; the network's frame limit,
+/// `Config::max_message_bytes`, is normally far lower). Anything larger is dropped undecoded.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Rejection reasons, as counted in `Replica::rejections()`.
@@ -62,14 +62,18 @@ pub struct Request {
     pub request: Vec<u8>,
 }
 
-/// PRE-PREPARE ⟨v, n, d⟩ with the batch piggybacked (PBFT §4.2). The batch is inside the signed
-/// payload so that a prepared certificate carries the requests the new primary must re-propose.
+/// PRE-PREPARE ⟨v, n, d⟩ (PBFT §4.2): the header only. The signature covers (view, seq, batch
+/// digest), not the batch, so a prepared certificate (this header + 2f PREPAREs) is a few hundred
+/// bytes whatever the batch size, and VIEW-CHANGE / NEW-VIEW, which carry such certificates and
+/// headers, stay small at any load. The paper's own message separates the two the same way:
+/// ⟨⟨PRE-PREPARE, v, n, d⟩σp, m⟩ — the request m is piggybacked outside the signed part. In
+/// the normal case the batch travels with it in a [`Proposal`]; otherwise a replica fetches the
+/// body by digest ([`BatchRequest`] / [`Batch`]) and checks it against d before using it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrePrepare {
     pub view: u64,
     pub seq: u64,
     pub digest: [u8; 32],
-    pub requests: Vec<Vec<u8>>,
     pub replica: NodeId,
 }
 
@@ -146,6 +150,36 @@ pub struct StateResponse {
     pub batches: Vec<CommittedBatch>,
 }
 
+/// The normal-case PRE-PREPARE on the wire: the primary's signed header plus the batch it
+/// names, ⟨⟨PRE-PREPARE, v, n, d⟩σp, m⟩ (PBFT §4.2). The outer envelope is signed by the
+/// primary too (every wire message is signed by its sender); the batch is authenticated by the
+/// header's digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub replica: NodeId,
+    pub pre_prepare: SignedMessage,
+    pub requests: Vec<Vec<u8>>,
+}
+
+/// Ask a peer for the batch with `digest` (named by a pre-prepare for `seq` that we accepted
+/// without its body: a NEW-VIEW's O set carries headers only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    pub replica: NodeId,
+    pub seq: u64,
+    pub digest: [u8; 32],
+}
+
+/// A batch body in answer to a [`BatchRequest`]; the receiver recomputes the digest, so any
+/// replica may serve it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub replica: NodeId,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub requests: Vec<Vec<u8>>,
+}
+
 /// Every protocol message. The variant order is part of the wire format (postcard encodes the
 /// variant index) — append only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +193,9 @@ pub enum Payload {
     NewView(NewView),
     StateRequest(StateRequest),
     StateResponse(StateResponse),
+    Proposal(Proposal),
+    BatchRequest(BatchRequest),
+    Batch(Batch),
 }
 
 impl Payload {
@@ -174,6 +211,9 @@ impl Payload {
             Payload::NewView(m) => m.replica,
             Payload::StateRequest(m) => m.replica,
             Payload::StateResponse(m) => m.replica,
+            Payload::Proposal(m) => m.replica,
+            Payload::BatchRequest(m) => m.replica,
+            Payload::Batch(m) => m.replica,
         }
     }
 
@@ -189,6 +229,9 @@ impl Payload {
             Payload::NewView(_) => "new_view",
             Payload::StateRequest(_) => "state_request",
             Payload::StateResponse(_) => "state_response",
+            Payload::Proposal(_) => "pre_prepare",
+            Payload::BatchRequest(_) => "batch_request",
+            Payload::Batch(_) => "batch",
         }
     }
 }

@@ -22,8 +22,12 @@ pub(crate) const CM: &[u8] = b"bft/cm/";
 pub(crate) const PC: &[u8] = b"bft/pc/";
 /// Own checkpoint per seq.
 pub(crate) const CK: &[u8] = b"bft/ck/";
+/// Batch body per seq: `(digest, requests)` of the latest body known for it. Headers and
+/// certificates carry digests only, so the bodies a replica accepted must survive a restart on
+/// their own (to execute them and to serve them to replicas that lack them).
+pub(crate) const BD: &[u8] = b"bft/bd/";
 
-pub(crate) const SEQ_PREFIXES: [&[u8]; 5] = [PP, PR, CM, PC, CK];
+pub(crate) const SEQ_PREFIXES: [&[u8]; 6] = [PP, PR, CM, PC, CK, BD];
 
 pub(crate) fn seq_key(prefix: &[u8], seq: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();

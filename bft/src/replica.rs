@@ -11,9 +11,9 @@ use crate::config::{request_cost, Config, ConfigError, NodeId};
 use crate::crypto::{sha256, VerifyCache};
 use crate::log::Slot;
 use crate::message::{
-    decode_payload, decode_signed, encode, reason, sign_message, Checkpoint, Commit, NewView,
-    Payload, PrePrepare, Prepare, PreparedProof, Request, SignedMessage, StateRequest,
-    StateResponse, ViewChange,
+    decode_payload, decode_signed, encode, reason, sign_message, Batch, BatchRequest, Checkpoint,
+    Commit, NewView, Payload, PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage,
+    StateRequest, StateResponse, ViewChange,
 };
 use crate::persist::{self, seq_key, ViewState};
 use crate::state_transfer::{Fetch, FetchState};
@@ -33,6 +33,15 @@ const VERIFY_CACHE: usize = 1 << 16;
 const FUTURE_VIEWS: u64 = 4;
 
 type Hash = [u8; 32];
+
+/// A batch body we wait for (see `Replica::missing`).
+#[derive(Clone, Debug)]
+struct MissingBody {
+    /// Highest seq whose pre-prepare names it (bodies are garbage-collected with it).
+    seq: u64,
+    next_peer: usize,
+    ticks_left: u32,
+}
 
 /// One PBFT replica. See the crate docs for the input/output contract.
 pub struct Replica<A: App> {
@@ -68,6 +77,13 @@ pub struct Replica<A: App> {
     last_executed: u64,
     /// The P set: highest-view prepared certificate per seq above the stable checkpoint.
     prepared: BTreeMap<u64, PreparedCert>,
+    /// Batch bodies by digest, with the highest seq that names them: every body a pre-prepare
+    /// in the log or a prepared certificate refers to, kept until a stable checkpoint passes
+    /// that seq. Headers and certificates carry only digests (see `PrePrepare`).
+    bodies: BTreeMap<Hash, (u64, Vec<Vec<u8>>)>,
+    /// Bodies named by an accepted pre-prepare header that we do not have: fetched from peers
+    /// by digest; the slot neither prepares nor executes until the body is here and checked.
+    missing: BTreeMap<Hash, MissingBody>,
     stable: StableCheckpoint,
     checkpoints: CheckpointVotes,
 
@@ -128,6 +144,8 @@ impl<A: App> Replica<A> {
             next_seq: 1,
             last_executed: 0,
             prepared: BTreeMap::new(),
+            bodies: BTreeMap::new(),
+            missing: BTreeMap::new(),
             stable: StableCheckpoint::genesis(),
             checkpoints: CheckpointVotes::default(),
             queue: VecDeque::new(),
@@ -192,6 +210,11 @@ impl<A: App> Replica<A> {
             if seq <= h {
                 continue;
             }
+            if let Some(v) = recs.get(persist::BD) {
+                let (digest, requests): (Hash, Vec<Vec<u8>>) =
+                    postcard::from_bytes(v).map_err(|_| corrupt(persist::BD))?;
+                r.bodies.insert(digest, (seq, requests));
+            }
             if let Some(v) = recs.get(persist::PC) {
                 let proof: PreparedProof =
                     postcard::from_bytes(v).map_err(|_| corrupt(persist::PC))?;
@@ -203,7 +226,6 @@ impl<A: App> Replica<A> {
                         PreparedCert {
                             view: pp.view,
                             digest: pp.digest,
-                            requests: pp.requests,
                             proof,
                         },
                     );
@@ -258,7 +280,6 @@ impl<A: App> Replica<A> {
                                 PreparedCert {
                                     view: pp.view,
                                     digest: pp.digest,
-                                    requests: pp.requests,
                                     proof: proof.clone(),
                                 },
                             );
@@ -283,6 +304,20 @@ impl<A: App> Replica<A> {
         }
         let top = r.log.keys().next_back().copied().unwrap_or(0);
         r.next_seq = top.max(h).max(r.last_executed) + 1;
+        let headers: Vec<(u64, Hash)> = r
+            .log
+            .iter()
+            .filter_map(|(s, slot)| slot.digest().map(|d| (*s, d)))
+            .collect();
+        for (seq, d) in headers {
+            r.need_body(seq, d);
+        }
+        // A replica that crashed in the middle of a state transfer resumes it: the batches it
+        // stored are executed (`last_executed`), the rest is fetched from the checkpoint's
+        // signers (TOCS §5.3.2).
+        if r.last_executed < r.stable.seq {
+            r.start_fetch(r.stable.seq, r.checkpoint_signers(), 0);
+        }
         Ok(r)
     }
 
@@ -534,12 +569,17 @@ impl<A: App> Replica<A> {
                 view: self.view,
                 seq,
                 digest,
-                requests,
                 replica: self.me,
             };
             let m = self.sign(&Payload::PrePrepare(pp.clone()));
             self.put_seq(persist::PP, seq, m.to_wire());
-            self.broadcast("pre_prepare", &m);
+            self.store_body(seq, digest, requests.clone());
+            let proposal = self.sign(&Payload::Proposal(Proposal {
+                replica: self.me,
+                pre_prepare: m.clone(),
+                requests,
+            }));
+            self.broadcast("pre_prepare", &proposal);
             for (h, r) in batch {
                 self.in_flight.insert(h, r);
             }
@@ -598,7 +638,166 @@ impl<A: App> Replica<A> {
                 fs.ticks_left -= 1;
             }
         }
+        self.retry_missing_bodies();
         self.detect_stall();
+    }
+
+    // ------------------------------------------------------------------ batch bodies
+
+    /// Whether the body of `digest` is here (the null batch always is).
+    fn has_body(&self, digest: &Hash) -> bool {
+        *digest == NULL_DIGEST || self.bodies.contains_key(digest)
+    }
+
+    /// The requests of batch `digest`, if we have them.
+    fn body_of(&self, digest: &Hash) -> Option<Vec<Vec<u8>>> {
+        if *digest == NULL_DIGEST {
+            Some(Vec::new())
+        } else {
+            self.bodies.get(digest).map(|(_, r)| r.clone())
+        }
+    }
+
+    /// Keeps a checked body (its digest is the app's digest of `requests`) for `seq`, durably,
+    /// so it can be executed and served after a restart.
+    fn store_body(&mut self, seq: u64, digest: Hash, requests: Vec<Vec<u8>>) {
+        if digest == NULL_DIGEST {
+            return;
+        }
+        self.missing.remove(&digest);
+        if let Some((s, _)) = self.bodies.get(&digest) {
+            if *s >= seq {
+                return;
+            }
+        }
+        self.put_seq(persist::BD, seq, encode(&(digest, &requests)));
+        self.bodies.insert(digest, (seq, requests));
+    }
+
+    /// Registers a body to fetch: a pre-prepare header for `seq` names it and we lack it.
+    fn need_body(&mut self, seq: u64, digest: Hash) {
+        if self.has_body(&digest) || seq <= self.h() {
+            return;
+        }
+        let e = self.missing.entry(digest).or_insert(MissingBody {
+            seq,
+            next_peer: seq as usize,
+            ticks_left: 1,
+        });
+        e.seq = e.seq.max(seq);
+    }
+
+    /// Asks the next peer for each missing body whose retry period elapsed. Any replica that
+    /// prepared the batch has it (at least f+1 correct ones, for a digest in a prepared
+    /// certificate), so rotating over all peers finds one.
+    fn retry_missing_bodies(&mut self) {
+        let peers: Vec<NodeId> = (0..self.n as NodeId).filter(|p| *p != self.me).collect();
+        let period = (self.cfg.request_timeout_ticks / 2).max(1);
+        let mut asks = Vec::new();
+        for (d, mb) in self.missing.iter_mut() {
+            if mb.ticks_left <= 1 {
+                mb.ticks_left = period;
+                let to = peers[mb.next_peer % peers.len()];
+                mb.next_peer = mb.next_peer.wrapping_add(1);
+                asks.push((to, mb.seq, *d));
+            } else {
+                mb.ticks_left -= 1;
+            }
+        }
+        for (to, seq, digest) in asks {
+            let m = self.sign(&Payload::BatchRequest(BatchRequest {
+                replica: self.me,
+                seq,
+                digest,
+            }));
+            self.send(to, "batch_request", &m);
+        }
+    }
+
+    fn on_batch_request(&mut self, r: BatchRequest) -> Result<(), &'static str> {
+        let Some(requests) = self.body_of(&r.digest) else {
+            return Err(reason::CANNOT_SERVE);
+        };
+        let m = self.sign(&Payload::Batch(Batch {
+            replica: self.me,
+            seq: r.seq,
+            digest: r.digest,
+            requests,
+        }));
+        self.send(r.replica, "batch", &m);
+        Ok(())
+    }
+
+    /// A fetched body: usable only if the app's digest of it is the digest we asked for.
+    fn on_batch(&mut self, b: Batch) -> Result<(), &'static str> {
+        let Some(mb) = self.missing.get(&b.digest) else {
+            return Err(reason::UNSOLICITED);
+        };
+        let seq = mb.seq;
+        match self.batch_digest(&b.requests) {
+            Ok(d) if d == b.digest => {}
+            Ok(_) => return Err(reason::BAD_DIGEST),
+            Err(_) => return Err(reason::INVALID_REQUEST),
+        }
+        self.store_body(seq, b.digest, b.requests);
+        self.body_arrived(b.digest);
+        Ok(())
+    }
+
+    /// A body named by headers in the log is now here: backups accept those pre-prepares
+    /// (§4.2: prepare only once the request is known and matches d), and every such slot may
+    /// now prepare, commit and execute.
+    fn body_arrived(&mut self, digest: Hash) {
+        let seqs: Vec<u64> = self
+            .log
+            .iter()
+            .filter(|(_, slot)| slot.digest() == Some(digest))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            self.accept_pre_prepare(seq);
+        }
+    }
+
+    /// The pre-prepare at `seq` has its body: a backup that has not prepared it yet persists
+    /// the header and multicasts its PREPARE (§4.2); a re-issued batch's requests count as in
+    /// flight.
+    fn accept_pre_prepare(&mut self, seq: u64) {
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let Some((m, pp)) = slot.pre_prepare.clone() else {
+            return;
+        };
+        let Some(requests) = self.body_of(&pp.digest) else {
+            return;
+        };
+        if slot.reissued && seq > self.last_executed {
+            for r in requests {
+                self.in_flight.insert(sha256(&[&r]), r);
+            }
+        }
+        let view = self.view;
+        let needs_prepare = !self.is_primary()
+            && !slot.prepares.contains_key(&self.me)
+            && pp.view == view
+            && !self.in_view_change;
+        if needs_prepare {
+            self.put_seq(persist::PP, seq, m.to_wire());
+            let prep = self.sign(&Payload::Prepare(Prepare {
+                view,
+                seq,
+                digest: pp.digest,
+                replica: self.me,
+            }));
+            self.put_seq(persist::PR, seq, prep.to_wire());
+            self.broadcast("prepare", &prep);
+            let me = self.me;
+            if let Some(slot) = self.log.get_mut(&seq) {
+                slot.prepares.insert(me, (pp.digest, prep));
+            }
+        }
+        self.check_slot(seq);
     }
 
     /// We lost the commits (or the pre-prepare) for a seq others may have executed, and nothing
@@ -694,7 +893,10 @@ impl<A: App> Replica<A> {
         }
         match p {
             Payload::Request(r) => self.on_request(r),
-            Payload::PrePrepare(pp) => self.on_pre_prepare(m, pp),
+            Payload::PrePrepare(pp) => self.on_pre_prepare(m, pp, None),
+            Payload::Proposal(p) => self.on_proposal(p),
+            Payload::BatchRequest(r) => self.on_batch_request(r),
+            Payload::Batch(b) => self.on_batch(b),
             Payload::Prepare(x) => self.on_prepare(m, x),
             Payload::Commit(x) => self.on_commit(m, x),
             Payload::Checkpoint(c) => self.on_checkpoint(m, c),
@@ -724,6 +926,24 @@ impl<A: App> Replica<A> {
         };
         match p {
             Payload::PrePrepare(x) => normal(x.view, x.seq),
+            Payload::Proposal(x) => match decode_payload(&x.pre_prepare.payload) {
+                Ok(Payload::PrePrepare(pp)) if pp.replica == x.replica => normal(pp.view, pp.seq),
+                _ => Err(reason::MALFORMED),
+            },
+            Payload::BatchRequest(r) => {
+                if r.seq <= self.h() {
+                    Err(reason::STALE)
+                } else {
+                    Ok(false)
+                }
+            }
+            Payload::Batch(b) => {
+                if self.missing.contains_key(&b.digest) {
+                    Ok(false)
+                } else {
+                    Err(reason::UNSOLICITED)
+                }
+            }
             Payload::Prepare(x) => normal(x.view, x.seq),
             Payload::Commit(x) => normal(x.view, x.seq),
             Payload::Checkpoint(c) => {
@@ -828,42 +1048,62 @@ impl<A: App> Replica<A> {
         Ok(())
     }
 
+    /// The normal-case PRE-PREPARE: the primary's signed header with the batch alongside.
+    fn on_proposal(&mut self, p: Proposal) -> Result<(), &'static str> {
+        let Ok(Payload::PrePrepare(pp)) = decode_payload(&p.pre_prepare.payload) else {
+            return Err(reason::MALFORMED);
+        };
+        if !self
+            .cache
+            .verify_all(&self.cfg.public_keys, &[(&p.pre_prepare, pp.replica)])
+        {
+            return Err(reason::BAD_SIGNATURE);
+        }
+        self.on_pre_prepare(p.pre_prepare, pp, Some(p.requests))
+    }
+
     /// §4.2: a backup accepts a pre-prepare for (v, n) if it is in view v, the signature is the
     /// primary's, n is within the watermarks, it has not accepted a different pre-prepare for
-    /// (v, n), and the batch is valid with the claimed digest.
-    fn on_pre_prepare(&mut self, m: SignedMessage, pp: PrePrepare) -> Result<(), &'static str> {
+    /// (v, n), and the batch is valid with the claimed digest. A header whose batch we do not
+    /// have (`body` None and not in the body store) is held in its slot — it still rules out a
+    /// conflicting header for (v, n) — and the body is fetched; the PREPARE waits for it.
+    fn on_pre_prepare(
+        &mut self,
+        m: SignedMessage,
+        pp: PrePrepare,
+        body: Option<Vec<Vec<u8>>>,
+    ) -> Result<(), &'static str> {
         if pp.replica != self.cfg.primary(self.view) {
             return Err(reason::NOT_PRIMARY);
         }
-        if let Some(d) = self.log.get(&pp.seq).and_then(|s| s.digest()) {
-            return if d == pp.digest {
-                Ok(())
-            } else {
-                Err(reason::CONFLICT)
-            };
-        }
-        match self.batch_digest(&pp.requests) {
-            Ok(d) if d == pp.digest => {}
-            Ok(_) => return Err(reason::BAD_DIGEST),
-            Err(_) => return Err(reason::INVALID_REQUEST),
-        }
         let seq = pp.seq;
         let digest = pp.digest;
-        self.put_seq(persist::PP, seq, m.to_wire());
-        let prep = self.sign(&Payload::Prepare(Prepare {
-            view: self.view,
-            seq,
-            digest,
-            replica: self.me,
-        }));
-        self.put_seq(persist::PR, seq, prep.to_wire());
-        self.broadcast("prepare", &prep);
+        if let Some(d) = self.log.get(&seq).and_then(|s| s.digest()) {
+            if d != digest {
+                return Err(reason::CONFLICT);
+            }
+            if self.has_body(&digest) {
+                return Ok(());
+            }
+        }
+        if let Some(requests) = body {
+            match self.batch_digest(&requests) {
+                Ok(d) if d == digest => {}
+                Ok(_) => return Err(reason::BAD_DIGEST),
+                Err(_) => return Err(reason::INVALID_REQUEST),
+            }
+            self.store_body(seq, digest, requests);
+        }
         let view = self.view;
-        let me = self.me;
         let slot = self.log.entry(seq).or_insert_with(|| Slot::new(view));
-        slot.pre_prepare = Some((m, pp));
-        slot.prepares.insert(me, (digest, prep));
-        self.check_slot(seq);
+        if slot.pre_prepare.is_none() {
+            slot.pre_prepare = Some((m, pp));
+        }
+        if self.has_body(&digest) {
+            self.accept_pre_prepare(seq);
+        } else {
+            self.need_body(seq, digest);
+        }
         Ok(())
     }
 
@@ -910,6 +1150,10 @@ impl<A: App> Replica<A> {
             return;
         };
         let digest = pp.digest;
+        // No PREPARE quorum is acted on, nor anything executed, before the body is here.
+        if !self.has_body(&digest) {
+            return;
+        }
         if !slot.prepared {
             let prepares: Vec<SignedMessage> = slot
                 .matching_prepares(&digest, primary)
@@ -930,7 +1174,6 @@ impl<A: App> Replica<A> {
                 PreparedCert {
                     view: pp.view,
                     digest,
-                    requests: pp.requests,
                     proof,
                 },
             );
@@ -970,6 +1213,9 @@ impl<A: App> Replica<A> {
             let Some((_, pp)) = &slot.pre_prepare else {
                 return;
             };
+            let Some(requests) = self.body_of(&pp.digest) else {
+                return;
+            };
             let commits: Vec<_> = slot
                 .matching_commits(&pp.digest)
                 .into_iter()
@@ -978,7 +1224,7 @@ impl<A: App> Replica<A> {
             let batch = CommittedBatch {
                 seq,
                 view: slot.view,
-                requests: pp.requests.clone(),
+                requests,
                 digest: pp.digest,
                 certificate: CommitCertificate {
                     view: slot.view,
@@ -1068,15 +1314,12 @@ impl<A: App> Replica<A> {
         }
         let seq = cp.seq;
         self.put(persist::STABLE.to_vec(), encode(&cp));
-        let peers: Vec<NodeId> = cp
-            .proof
-            .iter()
-            .filter_map(|m| decode_payload(&m.payload).ok().map(|p| p.signer()))
-            .filter(|id| *id != self.me)
-            .collect();
         self.stable = cp;
+        let peers = self.checkpoint_signers();
         self.log = self.log.split_off(&(seq + 1));
         self.prepared = self.prepared.split_off(&(seq + 1));
+        self.bodies.retain(|_, (s, _)| *s > seq);
+        self.missing.retain(|_, mb| mb.seq > seq);
         self.checkpoints.gc(seq);
         let keep = self.persisted_seqs.split_off(&(seq + 1));
         let old = std::mem::replace(&mut self.persisted_seqs, keep);
@@ -1091,16 +1334,38 @@ impl<A: App> Replica<A> {
             self.next_seq = seq + 1;
         }
         if self.last_executed < seq {
-            self.fetch = Some(FetchState {
-                to_seq: seq,
-                peers,
-                next_peer: 0,
-                ticks_left: self.cfg.request_timeout_ticks,
-            });
-            self.send_fetch();
+            self.start_fetch(seq, peers, 0);
         }
         self.replay_future();
         self.propose(false);
+    }
+
+    /// The replicas whose CHECKPOINTs prove the stable checkpoint (other than us): they have
+    /// executed up to it and can serve it.
+    fn checkpoint_signers(&self) -> Vec<NodeId> {
+        let signers: Vec<NodeId> = self
+            .stable
+            .proof
+            .iter()
+            .filter_map(|m| decode_payload(&m.payload).ok().map(|p| p.signer()))
+            .filter(|id| *id != self.me)
+            .collect();
+        if signers.is_empty() {
+            (0..self.n as NodeId).filter(|p| *p != self.me).collect()
+        } else {
+            signers
+        }
+    }
+
+    /// Starts (or restarts) fetching committed batches up to `to_seq` from `peers`.
+    fn start_fetch(&mut self, to_seq: u64, peers: Vec<NodeId>, next_peer: usize) {
+        self.fetch = Some(FetchState {
+            to_seq,
+            peers,
+            next_peer,
+            ticks_left: self.cfg.request_timeout_ticks,
+        });
+        self.send_fetch();
     }
 
     // ------------------------------------------------------------------ state transfer
@@ -1301,12 +1566,11 @@ impl<A: App> Replica<A> {
             .collect();
         let plan = compute_plan(&entries);
         let mut pps = Vec::new();
-        for (seq, digest, requests) in &plan.reissue {
+        for (seq, digest) in &plan.reissue {
             let pp = PrePrepare {
                 view: v,
                 seq: *seq,
                 digest: *digest,
-                requests: requests.clone(),
                 replica: self.me,
             };
             let m = self.sign(&Payload::PrePrepare(pp.clone()));
@@ -1362,16 +1626,11 @@ impl<A: App> Replica<A> {
         }
         let primary = self.cfg.primary(v);
         let mut pps = Vec::new();
-        for (m, (seq, digest, requests)) in nv.pre_prepares.iter().zip(&plan.reissue) {
+        for (m, (seq, digest)) in nv.pre_prepares.iter().zip(&plan.reissue) {
             let Ok(Payload::PrePrepare(pp)) = decode_payload(&m.payload) else {
                 return Err(reason::BAD_NEW_VIEW);
             };
-            if pp.view != v
-                || pp.replica != primary
-                || pp.seq != *seq
-                || pp.digest != *digest
-                || pp.requests != *requests
-            {
+            if pp.view != v || pp.replica != primary || pp.seq != *seq || pp.digest != *digest {
                 return Err(reason::BAD_NEW_VIEW);
             }
             pps.push((m.clone(), pp));
@@ -1413,29 +1672,31 @@ impl<A: App> Replica<A> {
                 continue;
             }
             let seq = pp.seq;
-            let digest = pp.digest;
-            self.put_seq(persist::PP, seq, m.to_wire());
+            if primary {
+                // We signed it: durable before the NEW-VIEW leaves, so we never re-issue a
+                // different batch for (v, n) after a crash.
+                self.put_seq(persist::PP, seq, m.to_wire());
+            }
             let mut slot = Slot::new(v);
-            // A re-issued batch we already executed is not in flight: nothing will execute it
-            // again, and a primary would wait on it forever (and give up its view for it).
-            if seq > self.last_executed {
-                for r in &pp.requests {
-                    self.in_flight.insert(sha256(&[r]), r.clone());
-                }
-            }
-            if !primary {
-                let prep = self.sign(&Payload::Prepare(Prepare {
-                    view: v,
-                    seq,
-                    digest,
-                    replica: self.me,
-                }));
-                self.put_seq(persist::PR, seq, prep.to_wire());
-                self.broadcast("prepare", &prep);
-                slot.prepares.insert(self.me, (digest, prep));
-            }
             slot.pre_prepare = Some((m, pp));
+            slot.reissued = true;
             self.log.insert(seq, slot);
+        }
+        // O names batches by digest. Where we hold the body (we prepared it, or it came in a
+        // proposal) we accept at once: backups PREPARE, and (A re-issued batch we already
+        // executed is not in flight: nothing will execute it again) `accept_pre_prepare`
+        // counts only unexecuted requests as in flight. Bodies we lack are fetched first.
+        let headers: Vec<(u64, Hash)> = self
+            .log
+            .iter()
+            .filter_map(|(s, slot)| slot.digest().map(|d| (*s, d)))
+            .collect();
+        for (seq, digest) in headers {
+            if self.has_body(&digest) {
+                self.accept_pre_prepare(seq);
+            } else {
+                self.need_body(seq, digest);
+            }
         }
         self.next_seq = plan.max_seq.max(self.h()).max(self.last_executed) + 1;
         let pending = std::mem::take(&mut self.pending);

@@ -10,12 +10,13 @@ use crate::config::{Config, NodeId};
 use crate::crypto::VerifyCache;
 use crate::message::{decode_payload, reason, Payload, PreparedProof, SignedMessage, ViewChange};
 
-/// A prepared certificate reduced to what the view-change rule needs.
+/// A prepared certificate reduced to what the view-change rule needs. It names the batch by
+/// digest only (the signed pre-prepare header + 2f PREPAREs): the body lives in the replica's
+/// body store, so a VIEW-CHANGE carrying up to L certificates is O(L·n) small signatures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedCert {
     pub view: u64,
     pub digest: [u8; 32],
-    pub requests: Vec<Vec<u8>>,
     pub proof: PreparedProof,
 }
 
@@ -34,8 +35,9 @@ pub struct NewViewPlan {
     pub stable: StableCheckpoint,
     /// max-s: the highest prepared sequence number (or min-s).
     pub max_seq: u64,
-    /// For each n in (min-s, max-s]: the digest and batch to re-issue (null = empty batch).
-    pub reissue: Vec<(u64, [u8; 32], Vec<Vec<u8>>)>,
+    /// For each n in (min-s, max-s]: the digest to re-issue (null = empty batch). Only digests:
+    /// replicas that lack a body fetch it by digest before they prepare it.
+    pub reissue: Vec<(u64, [u8; 32])>,
 }
 
 /// Validates a VIEW-CHANGE's proofs (its own signature is checked by the caller):
@@ -122,7 +124,6 @@ pub(crate) fn validate_view_change(
             PreparedCert {
                 view: pp.view,
                 digest: pp.digest,
-                requests: pp.requests,
                 proof: proof.clone(),
             },
         );
@@ -165,8 +166,8 @@ pub fn compute_plan(entries: &[VcEntry]) -> NewViewPlan {
     let max_seq = best.keys().next_back().copied().unwrap_or(stable.seq);
     let reissue = (stable.seq + 1..=max_seq)
         .map(|s| match best.get(&s) {
-            Some(c) => (s, c.digest, c.requests.clone()),
-            None => (s, NULL_DIGEST, Vec::new()),
+            Some(c) => (s, c.digest),
+            None => (s, NULL_DIGEST),
         })
         .collect();
     NewViewPlan {

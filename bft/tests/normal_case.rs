@@ -76,10 +76,7 @@ fn several_sequence_numbers_in_flight() {
         .queue
         .iter()
         .filter(|e| e.kind == "pre_prepare" && e.to == 1)
-        .map(|e| match payload(&e.bytes) {
-            Payload::PrePrepare(pp) => pp.seq,
-            _ => unreachable!(),
-        })
+        .map(|e| proposal_seq(&e.bytes))
         .collect();
     assert_eq!(pps, vec![1, 2, 3]);
     c.run();

@@ -396,6 +396,17 @@ impl Cluster {
     }
 }
 
+/// The (view, seq) of a normal-case PRE-PREPARE (a `Proposal`) on the wire.
+pub fn proposal_seq(bytes: &[u8]) -> u64 {
+    match payload(bytes) {
+        Payload::Proposal(p) => match decode_payload(&p.pre_prepare.payload).unwrap() {
+            Payload::PrePrepare(pp) => pp.seq,
+            other => panic!("not a pre-prepare header: {other:?}"),
+        },
+        other => panic!("not a proposal: {other:?}"),
+    }
+}
+
 /// Decodes an emitted message's payload (test helper).
 pub fn payload(bytes: &[u8]) -> Payload {
     let m = decode_signed(bytes).unwrap();

@@ -408,7 +408,7 @@ impl Engine for PbftEngine {
 /// decoding or verifying the message; "unknown" if it does not parse.
 pub fn message_kind(bytes: &[u8]) -> &'static str {
     /// `faultline_bft::Payload` variants in declaration order (append-only there).
-    const NAMES: [&str; 9] = [
+    const NAMES: [&str; 12] = [
         "request",
         "pre_prepare",
         "prepare",
@@ -418,6 +418,9 @@ pub fn message_kind(bytes: &[u8]) -> &'static str {
         "new_view",
         "state_request",
         "state_response",
+        "pre_prepare",
+        "batch_request",
+        "batch",
     ];
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {

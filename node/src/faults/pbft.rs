@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use faultline_bft::{
-    decode_and_verify, decode_signed, sign, Commit, Payload, Prepare, ViewChange, NULL_DIGEST,
+    decode_and_verify, decode_payload, decode_signed, sign, sign_message, Commit, Payload,
+    PrePrepare, Prepare, ViewChange, NULL_DIGEST,
 };
 
 use super::ByzantineMode;
@@ -105,14 +106,15 @@ impl ByzantinePbft {
                     c.digest[0] ^= 1;
                     resign(Payload::Commit(c))
                 }
-                Payload::PrePrepare(mut pp) => {
-                    // Alter a client's transaction; keep the digest of the original.
-                    if let Some(r) = pp.requests.first_mut() {
+                Payload::Proposal(mut p) => {
+                    // Alter a client's transaction; keep the signed header (the digest of the
+                    // original).
+                    if let Some(r) = p.requests.first_mut() {
                         if let Some(b) = r.last_mut() {
                             *b ^= 1;
                         }
                     }
-                    resign(Payload::PrePrepare(pp))
+                    resign(Payload::Proposal(p))
                 }
                 Payload::Checkpoint(mut c) => {
                     c.state_digest[0] ^= 1;
@@ -122,14 +124,19 @@ impl ByzantinePbft {
             },
             ByzantineMode::Equivocate => match payload {
                 // As primary: a different batch for the same (view, seq) to half the backups.
-                Payload::PrePrepare(mut pp) if m.to % 2 == 1 => {
-                    pp.requests.pop();
-                    pp.digest = if pp.requests.is_empty() {
+                Payload::Proposal(mut p) if m.to % 2 == 1 => {
+                    let Ok(Payload::PrePrepare(mut pp)) = decode_payload(&p.pre_prepare.payload)
+                    else {
+                        return Some(m);
+                    };
+                    p.requests.pop();
+                    pp.digest = if p.requests.is_empty() {
                         NULL_DIGEST
                     } else {
-                        self.app_digest(&pp.requests)?
+                        self.app_digest(&p.requests)?
                     };
-                    resign(Payload::PrePrepare(pp))
+                    p.pre_prepare = sign_message(&Payload::PrePrepare(pp), &self.key);
+                    resign(Payload::Proposal(p))
                 }
                 _ => Some(m),
             },
@@ -163,8 +170,19 @@ impl Engine for ByzantinePbft {
             ByzantineMode::Equivocate | ByzantineMode::AckWithoutStore
         ) {
             // Vote for every digest seen, without checking the batch.
-            if let Ok((Payload::PrePrepare(pp), _)) = decode_and_verify(bytes, &self.keys) {
-                let (view, seq, digest, replica) = (pp.view, pp.seq, pp.digest, self.id);
+            let header = match decode_and_verify(bytes, &self.keys) {
+                Ok((Payload::PrePrepare(pp), _)) => Some(pp),
+                Ok((Payload::Proposal(p), _)) => match decode_payload(&p.pre_prepare.payload) {
+                    Ok(Payload::PrePrepare(pp)) => Some(pp),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(PrePrepare {
+                view, seq, digest, ..
+            }) = header
+            {
+                let replica = self.id;
                 self.broadcast(&Payload::Prepare(Prepare {
                     view,
                     seq,
