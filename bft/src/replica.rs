@@ -885,7 +885,16 @@ impl<A: App> Replica<A> {
             return Err(reason::BAD_SIGNATURE);
         }
         if buffer {
-            if self.future.len() >= 4 * self.n * self.cfg.watermark_window as usize + 64 {
+            // Bounded per sender, by count and bytes: a Byzantine replica can fill only its own
+            // share, never crowd out the messages of correct replicas.
+            let (count, size) = self
+                .future
+                .iter()
+                .filter(|(f, _)| *f == from)
+                .fold((0usize, 0usize), |(c, b), (_, m)| (c + 1, b + m.len()));
+            let max_count = 2 * self.cfg.watermark_window as usize + 16;
+            let max_bytes = 8 * self.cfg.max_message_bytes;
+            if count >= max_count || size + bytes.len() > max_bytes {
                 return Err(reason::BUFFER_FULL);
             }
             self.future.push_back((from, bytes.to_vec()));
@@ -924,12 +933,23 @@ impl<A: App> Replica<A> {
             // window moves (another replica's checkpoint may have become stable first).
             Ok(view > self.view || self.in_view_change || seq > self.high())
         };
+        // Only messages that could be valid in their view are kept for it: a pre-prepare from
+        // that view's primary, a prepare from one of its backups (§4.2).
         match p {
+            Payload::PrePrepare(x) if x.replica != self.cfg.primary(x.view) => {
+                Err(reason::NOT_PRIMARY)
+            }
             Payload::PrePrepare(x) => normal(x.view, x.seq),
             Payload::Proposal(x) => match decode_payload(&x.pre_prepare.payload) {
+                Ok(Payload::PrePrepare(pp)) if pp.replica != self.cfg.primary(pp.view) => {
+                    Err(reason::NOT_PRIMARY)
+                }
                 Ok(Payload::PrePrepare(pp)) if pp.replica == x.replica => normal(pp.view, pp.seq),
                 _ => Err(reason::MALFORMED),
             },
+            Payload::Prepare(x) if x.replica == self.cfg.primary(x.view) => {
+                Err(reason::WRONG_SENDER)
+            }
             Payload::BatchRequest(r) => {
                 if r.seq <= self.h() {
                     Err(reason::STALE)
@@ -1401,14 +1421,32 @@ impl<A: App> Replica<A> {
         Ok(())
     }
 
-    /// The node's answer to a `ServeRequest`: committed batches read from its ledger.
+    /// The node's answer to a `ServeRequest`: committed batches read from its ledger. One
+    /// reply carries as many of them, from the first, as fit the message budget (at least one:
+    /// every batch was cut to fit with its certificate); the requester asks again from where
+    /// the reply ended, so catching up is a sequence of bounded chunks (TOCS §5.3.2 fetches
+    /// state in pieces too, partition by partition).
     pub fn send_state(&mut self, to: NodeId, batches: Vec<CommittedBatch>) {
         if to >= self.n as NodeId || to == self.me {
             return;
         }
+        let room = self
+            .cfg
+            .max_message_bytes
+            .saturating_sub(crate::config::ENVELOPE_RESERVE);
+        let mut used = 0usize;
+        let mut chunk = Vec::new();
+        for b in batches {
+            let size = encode(&b).len();
+            if !chunk.is_empty() && used + size > room {
+                break;
+            }
+            used += size;
+            chunk.push(b);
+        }
         let m = self.sign(&Payload::StateResponse(StateResponse {
             replica: self.me,
-            batches,
+            batches: chunk,
         }));
         self.send(to, "state_response", &m);
     }

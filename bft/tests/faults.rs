@@ -695,3 +695,47 @@ fn view_change_after_large_batches_fits_the_budget_and_fetches_missing_bodies() 
         "replica 3 fetched the bodies it lacked"
     );
 }
+
+/// Issue 10: a replica several checkpoints of big batches behind catches up by state transfer
+/// in chunks that each fit the budget (one reply used to carry every missing batch), asking
+/// again from where each reply ended.
+#[test]
+fn far_behind_replica_catches_up_in_bounded_chunks() {
+    let mut c = Cluster::with(4, |cfg| {
+        cfg.max_batch = 64;
+        cfg.max_message_bytes = 64 * 1024;
+    });
+    let big = |tag: &str, i: u32| {
+        let mut r = format!("{tag}-{i}-").into_bytes();
+        r.resize(20_000, b'y');
+        r
+    };
+    c.partition(3);
+    for i in 0..60 {
+        c.submit(0, &big("far", i)).unwrap();
+        c.run_ticks(1);
+    }
+    assert!(
+        c.committed(0).len() >= 16,
+        "several checkpoints of big batches"
+    );
+    assert!(c.committed(3).is_empty());
+    c.heal();
+    for i in 0..12 {
+        c.submit(0, &big("after", i)).unwrap();
+        c.run_ticks(1);
+    }
+    let target = big("after", 11);
+    c.run_until(300, |c| c.executed(3, &target));
+    for i in 0..60 {
+        assert!(c.executed(3, &big("far", i)), "replica 3 has far-{i}");
+    }
+    assert!(c.executed(3, &target));
+    c.check_agreement();
+    let replies = c
+        .history
+        .iter()
+        .filter(|e| e.kind == "state_response" && e.to == 3)
+        .count();
+    assert!(replies >= 3, "served in several chunks, got {replies}");
+}

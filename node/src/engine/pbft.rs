@@ -232,7 +232,10 @@ impl PbftEngine {
         }
     }
 
-    /// Reads committed blocks `from..=to` back as PBFT batches for a lagging replica.
+    /// Reads committed blocks `from..=to` back as PBFT batches for a lagging replica: only as
+    /// many as fit one reply under the message budget (the requester continues from where the
+    /// reply ends), so a far-behind replica is served in bounded chunks and no more than one
+    /// reply's worth of blocks is read per request.
     fn serve(
         &mut self,
         store: &Store,
@@ -240,6 +243,12 @@ impl PbftEngine {
         from: u64,
         upto: u64,
     ) -> Result<(), EngineError> {
+        let room = self
+            .replica
+            .config()
+            .max_message_bytes
+            .saturating_sub(faultline_bft::config::ENVELOPE_RESERVE);
+        let mut used = 0usize;
         let mut batches = Vec::new();
         for h in from..=upto.min(from.saturating_add(256)) {
             let Some(block) = store.block(h)? else { break };
@@ -251,13 +260,19 @@ impl PbftEngine {
                 .iter()
                 .map(|t| postcard::to_allocvec(t).unwrap_or_default())
                 .collect();
-            batches.push(CommittedBatch {
+            let batch = CommittedBatch {
                 seq: h,
                 view: cert.view,
                 requests,
                 digest: cert.digest,
                 certificate: from_certificate(cert),
-            });
+            };
+            let size = postcard::to_allocvec(&batch).map(|b| b.len()).unwrap_or(0);
+            if !batches.is_empty() && used + size > room {
+                break;
+            }
+            used += size;
+            batches.push(batch);
         }
         if !batches.is_empty() {
             self.replica.send_state(to, batches);
