@@ -261,6 +261,38 @@ impl LocalCluster {
         }
     }
 
+    /// The process id of node `i`, if it was started and not killed since.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children.get(i)?.as_ref().map(Child::id)
+    }
+
+    /// Runs nodes from `exe` instead of this process's own executable (a test harness is not
+    /// the `faultline` binary).
+    pub fn set_exe(&mut self, exe: PathBuf) {
+        self.exe = exe;
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit, else SIGKILL; returns whether the node
+    /// shut down cleanly with status 0.
+    pub fn terminate(&mut self, i: usize, deadline: Duration) -> bool {
+        let Some(mut c) = self.children.get_mut(i).and_then(Option::take) else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     pub fn kill_all(&mut self) {
         for i in 0..self.n() {
             self.kill(i);
@@ -272,7 +304,7 @@ impl LocalCluster {
     }
 
     /// The first started node that has exited on its own, if any.
-    fn exited(&mut self) -> Option<usize> {
+    pub fn exited(&mut self) -> Option<usize> {
         self.children.iter_mut().enumerate().find_map(|(i, c)| {
             c.as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())

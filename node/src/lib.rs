@@ -23,6 +23,7 @@ pub mod keys;
 pub mod ledger;
 pub mod local;
 pub mod metrics;
+pub mod nemesis;
 pub mod reply;
 pub mod runtime;
 pub mod sim;
