@@ -438,6 +438,9 @@ pub fn check_store(
         Ok(crate::verify::Verdict::Ok { height: h, .. }) => {
             note(format!("verify ok but at height {h}, not {height}"))
         }
+        Ok(crate::verify::Verdict::Partial { first, height, .. }) => note(format!(
+            "verify: the chain starts at height {first}, not 1 (head {height}); blocks below were never stored"
+        )),
         Ok(crate::verify::Verdict::Bad { height, reason }) => {
             note(format!("verify: bad at height {height}: {reason}"))
         }
