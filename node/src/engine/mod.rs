@@ -200,6 +200,7 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 max_batch_txs: setup.batching.max_batch_txs,
                 view_change_ticks: setup.timing.view_change_ticks,
                 max_message_bytes: setup.limits.max_message_bytes,
+                max_pending_txs: pbft::DEFAULT_MAX_PENDING_TXS,
             };
             let public_keys: Vec<[u8; 32]> =
                 setup.cluster.nodes.iter().map(|n| n.public_key).collect();

@@ -105,7 +105,14 @@ pub struct PbftOptions {
     pub view_change_ticks: u32,
     /// The size budget every message must fit (`Limits::max_message_bytes`).
     pub max_message_bytes: usize,
+    /// Requests waiting at this replica (queued at the primary or pending at a backup) before
+    /// new client requests are refused with `Busy` (the API's 503 + Retry-After): memory stays
+    /// bounded when clients outrun the cluster.
+    pub max_pending_txs: usize,
 }
+
+/// Default [`PbftOptions::max_pending_txs`], as Raft's.
+pub const DEFAULT_MAX_PENDING_TXS: usize = 200_000;
 
 pub struct PbftEngine {
     replica: Replica<LedgerApp>,
@@ -115,6 +122,7 @@ pub struct PbftEngine {
     wrote_cluster: bool,
     view_changes: u64,
     last_view: u64,
+    max_pending_txs: usize,
 }
 
 fn to_certificate(c: &CommitCertificate) -> Certificate {
@@ -216,6 +224,7 @@ impl PbftEngine {
             wrote_cluster: false,
             view_changes: 0,
             last_view: 0,
+            max_pending_txs: opts.max_pending_txs.max(1),
         })
     }
 
@@ -322,6 +331,10 @@ impl Engine for PbftEngine {
                 bytes: big.len(),
                 max: budget.saturating_sub(faultline_bft::request_cost(0)),
             });
+        }
+        let st = self.replica.status();
+        if st.queued_requests + st.pending_requests + txs.len() > self.max_pending_txs {
+            return Err(ProposeError::Busy);
         }
         let hashes: Vec<[u8; 32]> = txs.iter().map(Tx::hash).collect();
         self.replica.app().remember(&hashes);
@@ -447,4 +460,48 @@ pub fn message_kind(bytes: &[u8]) -> &'static str {
         .and_then(|(e, _)| postcard::take_from_bytes::<u32>(e.payload).ok())
         .and_then(|(variant, _)| NAMES.get(variant as usize).copied())
         .unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Op;
+    use crate::sim::{sim_client_key, sim_cluster, sim_node_key};
+
+    #[test]
+    fn a_replica_pushes_back_once_its_request_queue_is_full() {
+        let cluster = sim_cluster(Protocol::Pbft, 4, 1).unwrap();
+        let store =
+            Store::with_backend(redb::backends::InMemoryBackend::new(), &cluster.genesis).unwrap();
+        let opts = PbftOptions {
+            checkpoint_interval: 16,
+            max_batch_txs: 100,
+            view_change_ticks: 100,
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_pending_txs: 5,
+        };
+        // A backup: requests stay pending until the primary orders them (it never runs here).
+        let mut engine = PbftEngine::open(
+            1,
+            cluster.nodes.iter().map(|n| n.public_key).collect(),
+            cluster.clients.iter().map(|c| c.public_key).collect(),
+            sim_node_key(1),
+            opts,
+            &store,
+        )
+        .unwrap();
+        let key = sim_client_key(0);
+        let tx = |seq| {
+            Tx::sign(
+                &key,
+                seq,
+                Op::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            )
+        };
+        engine.propose((1..=5).map(tx).collect()).unwrap();
+        assert_eq!(engine.propose(vec![tx(6)]), Err(ProposeError::Busy));
+    }
 }
