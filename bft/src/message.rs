@@ -44,6 +44,7 @@ pub mod reason {
 /// The envelope on the wire: payload bytes plus a signature over `DOMAIN ‖ payload`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedMessage {
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub signature: Signature64,
 }
@@ -59,6 +60,7 @@ impl SignedMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub replica: NodeId,
+    #[serde(with = "serde_bytes")]
     pub request: Vec<u8>,
 }
 
@@ -158,6 +160,7 @@ pub struct StateResponse {
 pub struct Proposal {
     pub replica: NodeId,
     pub pre_prepare: SignedMessage,
+    #[serde(with = "byte_strings")]
     pub requests: Vec<Vec<u8>>,
 }
 
@@ -177,6 +180,7 @@ pub struct Batch {
     pub replica: NodeId,
     pub seq: u64,
     pub digest: [u8; 32],
+    #[serde(with = "byte_strings")]
     pub requests: Vec<Vec<u8>>,
 }
 
@@ -383,5 +387,20 @@ mod tests {
         assert_eq!(b.len(), 65);
         let back: crate::crypto::Signature64 = postcard::from_bytes(&b).unwrap();
         assert_eq!(back, s);
+    }
+}
+
+/// `Vec<Vec<u8>>` encoded as a sequence of byte strings: the same postcard bytes as nested
+/// sequences, but each request is copied at once rather than byte by byte.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v: Vec<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
     }
 }

@@ -18,6 +18,8 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// Payloads at least this large are written directly instead of being copied into the batch.
 const DIRECT_WRITE_BYTES: usize = 64 * 1024;
 const READ_BUFFER_BYTES: usize = 128 * 1024;
+/// A frame's buffer grows by at most this much ahead of the bytes that arrived.
+const READ_CHUNK_BYTES: usize = 1 << 20;
 
 pub(crate) struct Outgoing {
     pub kind: &'static str,
@@ -170,17 +172,18 @@ pub(crate) async fn reader_task<R: AsyncRead + Unpin>(
             },
             None => None,
         };
-        // Grow the buffer as bytes arrive rather than allocating the announced length up front:
-        // a length prefix alone must not make the node allocate megabytes.
-        let mut bytes = Vec::with_capacity(len.min(READ_BUFFER_BYTES));
-        match (&mut r).take(len as u64).read_to_end(&mut bytes).await {
-            Ok(n) if n == len => {}
-            Ok(_) => {
-                shared.reject("malformed");
-                tracing::debug!(peer = node, "inbound stream ended mid-frame");
-                return;
-            }
-            Err(e) => {
+        // Grow the buffer as bytes arrive, a chunk at a time, rather than allocating the
+        // announced length up front: a length prefix alone must not make the node allocate
+        // megabytes. Chunks are zeroed by the allocator, not byte by byte.
+        let mut bytes: Vec<u8> = Vec::new();
+        while bytes.len() < len {
+            let start = bytes.len();
+            let want = (len - start).min(READ_CHUNK_BYTES);
+            bytes.extend_from_slice(&vec![0u8; want]);
+            if let Err(e) = r.read_exact(&mut bytes[start..]).await {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    shared.reject("malformed");
+                }
                 tracing::debug!(peer = node, "inbound stream ended mid-frame: {e}");
                 return;
             }
