@@ -557,15 +557,8 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
             .iter()
             .map(|p| (p.id, AtomicBool::new(false)))
             .collect(),
-        max_frame_bytes: config.max_frame_bytes,
-        connected_peers: AtomicUsize::new(0),
-        received_msgs: AtomicU64::new(0),
-        received_bytes: AtomicU64::new(0),
-        dropped_queue_full: AtomicU64::new(0),
-        dropped_send_failed: AtomicU64::new(0),
-        sent: Mutex::new(BTreeMap::new()),
-        rejected: Mutex::new(BTreeMap::new()),
         listen_addrs: Mutex::new(vec![first_addr]),
+        ..Shared::detached(config.max_frame_bytes)
     });
 
     let mut tasks = JoinSet::new();

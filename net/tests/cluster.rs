@@ -20,6 +20,15 @@ fn payload(from: u64, to: u64, seq: u32) -> Vec<u8> {
     v
 }
 
+/// A loopback address where nobody listens (a port that was free a moment ago): messages to a
+/// peer there stay queued.
+fn dead_address() -> libp2p::Multiaddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_connect_and_exchange_in_order() {
     bounded(async {
@@ -266,12 +275,7 @@ async fn oversized_frame_is_rejected_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_send_queue_is_bounded_in_bytes() {
     bounded(async {
-        let dead: libp2p::Multiaddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            drop(l);
-            format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
-        };
+        let dead = dead_address();
         let mut cfg = NetConfig::new(0, key(0), any_port(), vec![peer(1, dead)]);
         cfg.max_frame_bytes = 512 << 10;
         cfg.peer_buffer_bytes = 1 << 20;
@@ -293,12 +297,7 @@ async fn a_peers_send_queue_is_bounded_in_bytes() {
 async fn full_queue_returns_queue_full() {
     bounded(async {
         // Peer 1 is configured at an address where nobody listens: messages stay queued.
-        let dead: libp2p::Multiaddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            drop(l);
-            format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
-        };
+        let dead = dead_address();
         let mut cfg = NetConfig::new(0, key(0), any_port(), vec![peer(1, dead)]);
         cfg.queue_depth = 8;
         let (h, _rx) = start(cfg).await.unwrap();
