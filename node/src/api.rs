@@ -90,6 +90,15 @@ async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> 
             format!("transaction {i}: ")
         }
     };
+    if let Some(i) = txs.iter().position(|t| t.op.is_read_marker()) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}read markers are ordered by replicas, not submitted by clients",
+                at(i)
+            ),
+        ));
+    }
     if let Some(i) = txs.iter().position(|t| !shared.clients.contains(&t.client)) {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -428,9 +437,11 @@ async fn relay(resp: Result<reqwest::Response, reqwest::Error>, leader: u64) -> 
 
 /// Makes a read's `consistency` hold before it is served from the local store. `linearizable`
 /// (the default): a raft node confirms it leads and has applied everything committed when the
-/// read began (ReadIndex), a follower relays the read to the leader (`Err` carries the
-/// leader's answer); PBFT has no read-index path here and serves its applied state. `local`:
-/// this node's applied state, possibly stale.
+/// read began (ReadIndex, thesis §6.4), a follower relays the read to the leader (`Err` carries
+/// the leader's answer); a PBFT replica orders a read marker through pre-prepare/prepare/commit
+/// and waits until it has executed it (TOCS §5.1.3's fallback for reads: ordered like a
+/// request), so even a lagging correct replica never serves a value older than a write that
+/// completed before the read began. `local`: this node's applied state, possibly stale.
 async fn read_barrier(
     shared: &Shared,
     consistency: Option<&str>,
@@ -455,10 +466,27 @@ async fn read_barrier(
                     let req = shared.http.get(url).header(FORWARDED, "1");
                     Err(relay(req.send().await, leader).await)
                 }
+                Ok(Ok(Err(e @ ProposeError::Busy))) => {
+                    // Too many reads waiting for their marker: back-pressure, as for writes.
+                    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
+                    r.headers_mut().insert(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from_static("1"),
+                    );
+                    Err(r)
+                }
                 Ok(Ok(Err(e))) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
                 _ => Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "timed out confirming leadership for a linearizable read",
+                    match shared.cluster.protocol {
+                        crate::config::Protocol::Raft => {
+                            "timed out confirming leadership for a linearizable read"
+                        }
+                        crate::config::Protocol::Pbft => {
+                            "timed out ordering a linearizable read (its read marker did not \
+                             commit within 10 s); retry, or read with consistency=local"
+                        }
+                    },
                 )),
             }
         }

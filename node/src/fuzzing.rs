@@ -34,6 +34,7 @@ pub fn engine_message(protocol: Protocol, data: &[u8]) {
             limits: crate::config::Limits::default(),
             byzantine: None,
             seed: 1,
+            read_nonce_seed: 1,
         },
         &store,
     ) else {
@@ -95,6 +96,7 @@ pub fn seed_messages(protocol: Protocol) -> Vec<Vec<u8>> {
                 limits: crate::config::Limits::default(),
                 byzantine: None,
                 seed: 7,
+                read_nonce_seed: 7,
             },
             &store,
         ) else {

@@ -108,6 +108,174 @@ pub fn parse_batch_results(body: &serde_json::Value) -> Option<Vec<BatchResult>>
         .collect()
 }
 
+const READ_DOMAIN: &[u8] = b"faultline-read-reply-v1";
+
+/// What a signed read reply vouches for: the state of one key or account at one height.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ReadValue {
+    /// `GET /v1/kv/{key}`; `value` is None for an absent key.
+    Kv { key: String, value: Option<String> },
+    /// `GET /v1/balances/{account}`; an account never credited has balance 0.
+    Balance { account: String, balance: u64 },
+}
+
+impl ReadValue {
+    /// The value as the CLI prints it (`<absent>` for a missing key).
+    pub fn display_value(&self) -> String {
+        match self {
+            ReadValue::Kv { value: Some(v), .. } => v.clone(),
+            ReadValue::Kv { value: None, .. } => "<absent>".into(),
+            ReadValue::Balance { balance, .. } => balance.to_string(),
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The bytes a node signs for a read reply (docs/SPEC.md "Signed read replies"):
+/// `b"faultline-read-reply-v1"` ‖ kind (1 byte: kv=1, balance=2) ‖ key or account (u32 BE
+/// length ‖ UTF-8) ‖ height (u64 BE) ‖ for kv: 0 (absent) or 1 ‖ value (u32 BE length ‖ UTF-8);
+/// for a balance: the balance (u64 BE). As for tx replies the node id is not signed, so correct
+/// replicas at the same height send byte-identical statements.
+pub fn read_signing_bytes(read: &ReadValue, height: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(READ_DOMAIN.len() + 64);
+    out.extend_from_slice(READ_DOMAIN);
+    match read {
+        ReadValue::Kv { key, value } => {
+            out.push(1);
+            put_str(&mut out, key);
+            out.extend_from_slice(&height.to_be_bytes());
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    put_str(&mut out, v);
+                }
+            }
+        }
+        ReadValue::Balance { account, balance } => {
+            out.push(2);
+            put_str(&mut out, account);
+            out.extend_from_slice(&height.to_be_bytes());
+            out.extend_from_slice(&balance.to_be_bytes());
+        }
+    }
+    out
+}
+
+pub fn sign_read(key: &SigningKey, read: &ReadValue, height: u64) -> [u8; 64] {
+    key.sign(&read_signing_bytes(read, height)).to_bytes()
+}
+
+/// Whether `sig` is `node_key`'s signature over the read reply.
+pub fn verify_read(node_key: &[u8; 32], read: &ReadValue, height: u64, sig: &[u8; 64]) -> bool {
+    let Ok(vk) = VerifyingKey::from_bytes(node_key) else {
+        return false;
+    };
+    vk.verify(
+        &read_signing_bytes(read, height),
+        &Signature::from_bytes(sig),
+    )
+    .is_ok()
+}
+
+/// A read reply as the API sends it, before its signature is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadReply {
+    pub node: u64,
+    pub read: ReadValue,
+    pub height: u64,
+    pub signature: [u8; 64],
+}
+
+/// Parses a `GET /v1/kv` (200 or 404) or `GET /v1/balances` body back into what was signed;
+/// None if a field is missing or malformed (the client then ignores that reply).
+pub fn parse_read_reply(body: &serde_json::Value) -> Option<ReadReply> {
+    let read = if let Some(key) = body.get("key") {
+        let value = match body.get("value")? {
+            serde_json::Value::Null => None,
+            v => Some(v.as_str()?.to_string()),
+        };
+        ReadValue::Kv {
+            key: key.as_str()?.to_string(),
+            value,
+        }
+    } else {
+        ReadValue::Balance {
+            account: body.get("account")?.as_str()?.to_string(),
+            balance: body.get("balance")?.as_u64()?,
+        }
+    };
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(body.get("signature")?.as_str()?, &mut signature).ok()?;
+    Some(ReadReply {
+        node: body.get("node")?.as_u64()?,
+        read,
+        height: body.get("height")?.as_u64()?,
+        signature,
+    })
+}
+
+/// How a PBFT client decides a read from replicas' signed replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRule {
+    /// The read-only optimisation (Castro–Liskov TOCS §5.1.3): replicas answer from their
+    /// applied state, and the client needs 2f+1 replies that match in value *and* height.
+    /// Matching heights make the quorum a statement about one committed state: 2f+1 replicas,
+    /// f+1 of them correct, say "at height H the value is V" — never a value no correct replica
+    /// holds. It is not a proof of freshness against a write fewer than 2f+1 replicas have
+    /// executed yet (the paper's condition), which is why the client falls back to `Ordered`.
+    Fast,
+    /// Each replica ordered the read through the protocol (a read marker) before answering, so
+    /// a correct replica's answer reflects every write completed before the read began; f+1
+    /// replies with the same value (heights may differ: each replica's marker lands at its own
+    /// height) include a correct one.
+    Ordered,
+}
+
+/// Counts verified read replies per distinct replica until one answer has a quorum.
+#[derive(Debug)]
+pub struct ReadQuorum {
+    rule: ReadRule,
+    need: usize,
+    votes:
+        std::collections::HashMap<(ReadValue, Option<u64>), (std::collections::BTreeSet<u64>, u64)>,
+}
+
+impl ReadQuorum {
+    pub fn new(rule: ReadRule, f: usize) -> ReadQuorum {
+        ReadQuorum {
+            rule,
+            need: match rule {
+                ReadRule::Fast => 2 * f + 1,
+                ReadRule::Ordered => f + 1,
+            },
+            votes: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Adds one reply whose signature the caller verified against `node`'s key and whose key
+    /// or account is the one asked for. Returns the decided value and height once enough
+    /// distinct replicas agree (for `Ordered`, the lowest height among the agreeing replies).
+    /// A replica that answers twice counts once.
+    pub fn add(&mut self, node: u64, read: ReadValue, height: u64) -> Option<(ReadValue, u64)> {
+        let at = match self.rule {
+            ReadRule::Fast => Some(height),
+            ReadRule::Ordered => None,
+        };
+        let entry = self
+            .votes
+            .entry((read.clone(), at))
+            .or_insert_with(|| (std::collections::BTreeSet::new(), height));
+        entry.0.insert(node);
+        entry.1 = entry.1.min(height);
+        (entry.0.len() >= self.need).then_some((read, entry.1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +337,71 @@ mod tests {
             {"tx_hash": hex::encode([1u8; 32]), "height": 5, "result": "ok"}
         ]});
         assert_eq!(parse_batch_results(&body).unwrap(), results[..1].to_vec());
+    }
+
+    #[test]
+    fn read_replies_sign_the_documented_bytes() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let pk = key.verifying_key().to_bytes();
+        let kv = ReadValue::Kv {
+            key: "k".into(),
+            value: Some("v".into()),
+        };
+        let mut want = b"faultline-read-reply-v1".to_vec();
+        want.push(1);
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.extend_from_slice(b"k");
+        want.extend_from_slice(&9u64.to_be_bytes());
+        want.push(1);
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.extend_from_slice(b"v");
+        assert_eq!(read_signing_bytes(&kv, 9), want);
+        let absent = ReadValue::Kv {
+            key: "k".into(),
+            value: None,
+        };
+        assert!(read_signing_bytes(&absent, 9).ends_with(&[0]));
+        let bal = ReadValue::Balance {
+            account: "alice".into(),
+            balance: 5,
+        };
+        let b = read_signing_bytes(&bal, 2);
+        assert_eq!(b[READ_DOMAIN.len()], 2);
+        assert!(b.ends_with(&5u64.to_be_bytes()));
+
+        let sig = sign_read(&key, &kv, 9);
+        assert!(verify_read(&pk, &kv, 9, &sig));
+        assert!(!verify_read(&pk, &kv, 10, &sig));
+        assert!(!verify_read(&pk, &absent, 9, &sig));
+        // The JSON the API sends parses back into what was signed.
+        let body = serde_json::json!({"key": "k", "value": "v", "height": 9, "node": 2,
+            "signature": hex::encode(sig)});
+        let r = parse_read_reply(&body).unwrap();
+        assert_eq!((r.node, &r.read, r.height), (2, &kv, 9));
+        let body = serde_json::json!({"error": "key \"k\" not found", "key": "k",
+            "value": null, "height": 9, "node": 2, "signature": hex::encode(sig)});
+        assert_eq!(parse_read_reply(&body).unwrap().read, absent);
+    }
+
+    #[test]
+    fn a_fast_read_needs_2f_plus_1_replicas_agreeing_on_value_and_height() {
+        let v = |s: &str| ReadValue::Kv {
+            key: "x".into(),
+            value: Some(s.into()),
+        };
+        let mut q = ReadQuorum::new(ReadRule::Fast, 1);
+        assert_eq!(q.add(0, v("good"), 5), None);
+        // A Byzantine replica lies; the same replica twice counts once.
+        assert_eq!(q.add(3, v("bad"), 5), None);
+        assert_eq!(q.add(0, v("good"), 5), None);
+        // Same value at another height does not match.
+        assert_eq!(q.add(1, v("good"), 6), None);
+        assert_eq!(q.add(2, v("good"), 5), None);
+        assert_eq!(q.add(1, v("good"), 5), Some((v("good"), 5)));
+
+        let mut q = ReadQuorum::new(ReadRule::Ordered, 1);
+        assert_eq!(q.add(3, v("bad"), 50), None);
+        assert_eq!(q.add(1, v("good"), 8), None);
+        assert_eq!(q.add(2, v("good"), 7), Some((v("good"), 7)));
     }
 }

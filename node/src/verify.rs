@@ -67,6 +67,17 @@ pub fn verify_store(store: &Store) -> Result<Verdict, StoreError> {
         if let Err((i, e)) = verify_batch(&block.txs) {
             return bad(format!("transaction {i}: {e}"));
         }
+        // A read marker is signed by a PBFT replica; Raft never orders one.
+        if let Some(i) = block.txs.iter().position(|t| {
+            t.op.is_read_marker()
+                && pbft
+                    .as_ref()
+                    .is_none_or(|(_, keys)| !keys.contains(&t.client))
+        }) {
+            return bad(format!(
+                "transaction {i}: a read marker not signed by a replica"
+            ));
+        }
         if let Some((f, keys)) = &pbft {
             if let Err(e) = check_block_certificate(&block, keys, *f as usize) {
                 return bad(e);

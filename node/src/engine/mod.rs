@@ -167,6 +167,10 @@ pub struct EngineSetup<'a> {
     pub byzantine: Option<crate::faults::ByzantineMode>,
     /// Seeds election jitter (the simulator passes its run seed; `run` the node id).
     pub seed: u64,
+    /// Seeds PBFT read-marker nonces: must differ on every start of a node (`run` draws it
+    /// from the operating system), or a restarted replica could reuse a marker already
+    /// ordered before its read began.
+    pub read_nonce_seed: u64,
 }
 
 /// Opens the engine for `setup.cluster.protocol`, restarting from `store` if it holds state.
@@ -201,6 +205,7 @@ pub fn open(setup: EngineSetup<'_>, store: &Store) -> Result<Box<dyn Engine>, En
                 view_change_ticks: setup.timing.view_change_ticks,
                 max_message_bytes: setup.limits.max_message_bytes,
                 max_pending_txs: pbft::DEFAULT_MAX_PENDING_TXS,
+                read_nonce_seed: setup.read_nonce_seed,
             };
             let public_keys: Vec<[u8; 32]> =
                 setup.cluster.nodes.iter().map(|n| n.public_key).collect();

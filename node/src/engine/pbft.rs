@@ -3,7 +3,7 @@
 //! requests from a view change become empty blocks), and each block keeps its commit
 //! certificate so `faultline verify` can audit it offline.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -16,7 +16,7 @@ use super::{Engine, EngineError, EngineStatus, NodeId, Outgoing, ProposeError, R
 use crate::config::Protocol;
 use crate::ledger::block::{batch_digest_of_hashes, CommitSignature};
 use crate::ledger::tx::verify_batch;
-use crate::ledger::{Block, Certificate, Tx};
+use crate::ledger::{Block, Certificate, Op, Tx};
 use crate::store::{AppliedBlock, EngineOp, NewBlock, Store, WriteBatch};
 
 /// Engine-KV key holding the cluster's replica public keys and f, so `faultline verify` can
@@ -33,6 +33,8 @@ const VERIFIED_CACHE: usize = 1 << 20;
 /// hashes into its blocks.
 pub struct LedgerApp {
     permitted: BTreeSet<[u8; 32]>,
+    /// The replicas' keys: the only signers of read markers ([`crate::ledger::Op::Read`]).
+    replicas: BTreeSet<[u8; 32]>,
     verified: Mutex<HashSet<[u8; 32]>>,
 }
 
@@ -40,16 +42,30 @@ impl LedgerApp {
     pub fn new(permitted: impl IntoIterator<Item = [u8; 32]>) -> Self {
         LedgerApp {
             permitted: permitted.into_iter().collect(),
+            replicas: BTreeSet::new(),
             verified: Mutex::new(HashSet::new()),
         }
     }
 
+    /// Also accepts read markers signed by these replica keys (and by nobody else).
+    pub fn with_replicas(mut self, replicas: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        self.replicas = replicas.into_iter().collect();
+        self
+    }
+
+    /// A request is a transaction of a permitted client, or a read marker of a replica: a
+    /// client cannot make replicas order markers, and a replica cannot sign client operations.
     fn decode(&self, request: &[u8]) -> Option<Tx> {
         if request.len() > MAX_REQUEST_BYTES {
             return None;
         }
         let tx: Tx = postcard::from_bytes(request).ok()?;
-        self.permitted.contains(&tx.client).then_some(tx)
+        let allowed = if tx.op.is_read_marker() {
+            &self.replicas
+        } else {
+            &self.permitted
+        };
+        allowed.contains(&tx.client).then_some(tx)
     }
 
     /// Marks transactions whose signatures were checked (by this app or by the caller).
@@ -109,10 +125,28 @@ pub struct PbftOptions {
     /// new client requests are refused with `Busy` (the API's 503 + Retry-After): memory stays
     /// bounded when clients outrun the cluster.
     pub max_pending_txs: usize,
+    /// Seeds the read-marker nonces. `faultline run` draws it from the operating system; the
+    /// simulator derives it from its seed and the restart count, so a restarted replica never
+    /// reuses a nonce it may already have had ordered before it crashed.
+    pub read_nonce_seed: u64,
 }
 
 /// Default [`PbftOptions::max_pending_txs`], as Raft's.
 pub const DEFAULT_MAX_PENDING_TXS: usize = 200_000;
+
+/// Linearizable reads waiting at one replica for their marker; one more is refused with
+/// `Busy` (the API's 503 + Retry-After), so a flood of reads cannot grow memory without bound.
+pub const MAX_PENDING_READS: usize = 4096;
+
+/// A marker not executed after this many ticks (100 s at the default 10 ms) is forgotten: its
+/// readers have long been answered 503 by the API's 10 s timeout.
+const READ_MARKER_TTL_TICKS: u64 = 10_000;
+
+/// Reads waiting for one read marker to be ordered and executed.
+struct MarkerWait {
+    issued_tick: u64,
+    ctxs: Vec<u64>,
+}
 
 pub struct PbftEngine {
     replica: Replica<LedgerApp>,
@@ -123,6 +157,18 @@ pub struct PbftEngine {
     view_changes: u64,
     last_view: u64,
     max_pending_txs: usize,
+    /// Signs read markers (the replica's own key, as for its protocol messages).
+    key: SigningKey,
+    /// splitmix64 state for marker nonces.
+    nonce_state: u64,
+    ticks: u64,
+    /// Reads begun since the last marker was issued: they share the next marker. A read never
+    /// joins a marker issued before it began, which might be ordered before the read began.
+    reads_unmarked: Vec<u64>,
+    /// Issued markers by nonce, with the reads each one answers.
+    reads_marked: HashMap<u64, MarkerWait>,
+    /// Reads whose marker is executed (its block is in a step already handed to the driver).
+    reads_ready: Vec<u64>,
 }
 
 fn to_certificate(c: &CommitCertificate) -> Certificate {
@@ -204,16 +250,16 @@ impl PbftEngine {
         cfg.view_change_timeout_ticks = opts.view_change_ticks.max(1);
         cfg.request_timeout_ticks = opts.view_change_ticks.max(1).saturating_mul(2);
         let f = cfg.f();
-        let app = LedgerApp::new(permitted_clients);
+        let app = LedgerApp::new(permitted_clients).with_replicas(public_keys.iter().copied());
         let records: Vec<(Vec<u8>, Vec<u8>)> = store
             .engine_records()?
             .into_iter()
             .filter(|(k, _)| k.as_slice() != KEY_CLUSTER)
             .collect();
         let replica = if records.is_empty() {
-            Replica::new(cfg, key, app).map_err(|e| EngineError::Config(e.to_string()))?
+            Replica::new(cfg, key.clone(), app).map_err(|e| EngineError::Config(e.to_string()))?
         } else {
-            Replica::restore(cfg, key, app, records)
+            Replica::restore(cfg, key.clone(), app, records)
                 .map_err(|e| EngineError::Corrupt(e.to_string()))?
         };
         Ok(PbftEngine {
@@ -225,7 +271,61 @@ impl PbftEngine {
             view_changes: 0,
             last_view: 0,
             max_pending_txs: opts.max_pending_txs.max(1),
+            key,
+            nonce_state: opts.read_nonce_seed,
+            ticks: 0,
+            reads_unmarked: Vec::new(),
+            reads_marked: HashMap::new(),
+            reads_ready: Vec::new(),
         })
+    }
+
+    fn next_nonce(&mut self) -> u64 {
+        // splitmix64: a full-period sequence, so nonces of one seed never repeat.
+        self.nonce_state = self.nonce_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.nonce_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn pending_reads(&self) -> usize {
+        self.reads_unmarked.len()
+            + self
+                .reads_marked
+                .values()
+                .map(|w| w.ctxs.len())
+                .sum::<usize>()
+    }
+
+    /// Orders one read marker for every read begun since the last one (TOCS §5.1.3: a read
+    /// that must be linearizable without trusting any quorum of replies goes through the
+    /// normal-case protocol like a write). `submit` relays it to the primary from a backup
+    /// and arms the request timer, so a primary that drops markers is replaced by a view
+    /// change (PBFT §4.4) exactly as one that drops client requests.
+    fn issue_marker(&mut self) {
+        if self.reads_unmarked.is_empty() {
+            return;
+        }
+        let nonce = self.next_nonce();
+        let marker = Tx::sign(&self.key, nonce, Op::Read {});
+        let bytes = postcard::to_allocvec(&marker).unwrap_or_default();
+        self.replica.app().remember(&[marker.hash()]);
+        let ctxs = std::mem::take(&mut self.reads_unmarked);
+        match self.replica.submit(bytes) {
+            Ok(()) => {
+                self.reads_marked.insert(
+                    nonce,
+                    MarkerWait {
+                        issued_tick: self.ticks,
+                        ctxs,
+                    },
+                );
+            }
+            // Cannot happen for a fresh, well-formed marker of our own; the reads then time
+            // out at the API (503) rather than being answered unordered.
+            Err(e) => tracing::warn!(error = %e, "read marker not accepted by the replica"),
+        }
     }
 
     /// Direct access to the replica (Byzantine wrappers, tests).
@@ -310,7 +410,26 @@ impl Engine for PbftEngine {
 
     fn on_tick(&mut self) {
         self.replica.tick();
+        self.ticks += 1;
+        let now = self.ticks;
+        self.reads_marked
+            .retain(|_, w| now.saturating_sub(w.issued_tick) < READ_MARKER_TTL_TICKS);
         self.track_view();
+    }
+
+    /// A linearizable read (docs/SPEC.md "HTTP API"): answered once a read marker issued after
+    /// the read began has been ordered and executed here, so the state served reflects every
+    /// write that completed before the read began, whatever this replica's lag.
+    fn read_index(&mut self, ctx: u64) -> Result<bool, ProposeError> {
+        if self.pending_reads() >= MAX_PENDING_READS {
+            return Err(ProposeError::Busy);
+        }
+        self.reads_unmarked.push(ctx);
+        Ok(true)
+    }
+
+    fn ready_reads(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.reads_ready)
     }
 
     fn propose(&mut self, txs: Vec<Tx>) -> Result<(), ProposeError> {
@@ -358,6 +477,7 @@ impl Engine for PbftEngine {
                     .unwrap_or_default(),
             });
         }
+        self.issue_marker();
         let ready = self.replica.ready();
         for op in ready.persist {
             write.engine.push(match op {
@@ -372,6 +492,17 @@ impl Engine for PbftEngine {
                     EngineError::Corrupt(format!("committed request at seq {}: {e}", batch.seq))
                 })?;
                 txs.push(tx);
+            }
+            let me = self.key.verifying_key().to_bytes();
+            for tx in txs
+                .iter()
+                .filter(|t| t.op.is_read_marker() && t.client == me)
+            {
+                if let Some(w) = self.reads_marked.remove(&tx.seq) {
+                    // The marker's block is in this step's write: the driver serves the reads
+                    // (from `ready_reads`) only after that write is durable and applied.
+                    self.reads_ready.extend(w.ctxs);
+                }
             }
             write.blocks.push(NewBlock {
                 txs,
@@ -479,6 +610,7 @@ mod tests {
             view_change_ticks: 100,
             max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             max_pending_txs: 5,
+            read_nonce_seed: 1,
         };
         // A backup: requests stay pending until the primary orders them (it never runs here).
         let mut engine = PbftEngine::open(
@@ -503,5 +635,162 @@ mod tests {
         };
         engine.propose((1..=5).map(tx).collect()).unwrap();
         assert_eq!(engine.propose(vec![tx(6)]), Err(ProposeError::Busy));
+    }
+
+    /// Four replicas over an in-memory network; messages to the replicas in `held` wait in
+    /// `held_msgs` until released (a replica that is slow, paused or partitioned).
+    struct Net {
+        engines: Vec<PbftEngine>,
+        stores: Vec<Store>,
+        held: Vec<NodeId>,
+        held_msgs: Vec<(NodeId, super::Outgoing)>,
+        ready: Vec<Vec<u64>>,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let cluster = sim_cluster(Protocol::Pbft, 4, 1).unwrap();
+            let mut engines = Vec::new();
+            let mut stores = Vec::new();
+            for i in 0..4u64 {
+                let store =
+                    Store::with_backend(redb::backends::InMemoryBackend::new(), &cluster.genesis)
+                        .unwrap();
+                let opts = PbftOptions {
+                    checkpoint_interval: 16,
+                    max_batch_txs: 100,
+                    view_change_ticks: 1000,
+                    max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+                    max_pending_txs: 1000,
+                    read_nonce_seed: 100 + i,
+                };
+                engines.push(
+                    PbftEngine::open(
+                        i,
+                        cluster.nodes.iter().map(|n| n.public_key).collect(),
+                        cluster.clients.iter().map(|c| c.public_key).collect(),
+                        sim_node_key(i as usize),
+                        opts,
+                        &store,
+                    )
+                    .unwrap(),
+                );
+                stores.push(store);
+            }
+            Net {
+                engines,
+                stores,
+                held: Vec::new(),
+                held_msgs: Vec::new(),
+                ready: vec![Vec::new(); 4],
+            }
+        }
+
+        /// Ticks and drives every replica and delivers messages until the network is quiet
+        /// (the primary cuts partial batches on a tick).
+        fn settle(&mut self) {
+            for _ in 0..1000 {
+                let mut msgs = Vec::new();
+                for i in 0..4 {
+                    self.engines[i].on_tick();
+                    let (out, _) =
+                        crate::engine::drive(&mut self.engines[i], &self.stores[i]).unwrap();
+                    msgs.extend(out.into_iter().map(|m| (i as NodeId, m)));
+                    let r = self.engines[i].ready_reads();
+                    self.ready[i].extend(r);
+                }
+                if msgs.is_empty() {
+                    return;
+                }
+                for (from, m) in msgs {
+                    if self.held.contains(&m.to) {
+                        self.held_msgs.push((from, m));
+                    } else {
+                        let _ = self.engines[m.to as usize].on_message(from, &m.bytes);
+                    }
+                }
+            }
+            panic!("the network did not settle");
+        }
+
+        fn release(&mut self) {
+            self.held.clear();
+            for (from, m) in std::mem::take(&mut self.held_msgs) {
+                let _ = self.engines[m.to as usize].on_message(from, &m.bytes);
+            }
+            self.settle();
+        }
+    }
+
+    fn put(seq: u64, value: &str) -> Tx {
+        Tx::sign(
+            &sim_client_key(0),
+            seq,
+            Op::Put {
+                key: "x".into(),
+                value: value.into(),
+            },
+        )
+    }
+
+    /// Issue 17: a replica that missed a completed write must not answer a linearizable read
+    /// from its stale state. The read waits for its marker (TOCS §5.1.3, ordered like a
+    /// request), which cannot execute before the write it follows.
+    #[test]
+    fn a_lagging_replica_serves_a_linearizable_read_only_after_the_writes_before_it() {
+        let mut net = Net::new();
+        net.engines[0].propose(vec![put(1, "old")]).unwrap();
+        net.settle();
+        assert_eq!(net.stores[3].get("x").unwrap().as_deref(), Some("old"));
+
+        // Replica 3 stops hearing from the others; the write completes on 0, 1 and 2.
+        net.held = vec![3];
+        net.engines[0].propose(vec![put(2, "new")]).unwrap();
+        net.settle();
+        for i in 0..3 {
+            assert_eq!(net.stores[i].get("x").unwrap().as_deref(), Some("new"));
+        }
+        assert_eq!(net.stores[3].get("x").unwrap().as_deref(), Some("old"));
+
+        // A read begins at the stale replica: its marker reaches the primary and is ordered by
+        // 0, 1 and 2, but replica 3 cannot execute it yet, so the read is not served.
+        assert_eq!(net.engines[3].read_index(7), Ok(true));
+        net.settle();
+        assert!(net.ready[3].is_empty(), "a stale replica served a read");
+        let height_with_marker = net.stores[0].head().unwrap().height;
+        assert_eq!(
+            height_with_marker, 3,
+            "the marker was ordered after the write"
+        );
+        let marker = &net.stores[0].block(3).unwrap().unwrap().txs[0];
+        assert!(marker.op.is_read_marker());
+        assert_eq!(marker.client, sim_node_key(3).verifying_key().to_bytes());
+
+        // Once it hears the others again it executes the write and then the marker.
+        net.release();
+        assert_eq!(net.ready[3], vec![7]);
+        assert_eq!(net.stores[3].get("x").unwrap().as_deref(), Some("new"));
+        // The marker changed nothing and left no receipt.
+        assert_eq!(net.stores[3].receipt(&marker.hash()).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_share_a_marker_only_if_they_began_before_it_was_issued_and_are_bounded() {
+        let mut net = Net::new();
+        net.engines[1].read_index(1).unwrap();
+        net.engines[1].read_index(2).unwrap();
+        net.settle();
+        assert_eq!(net.ready[1], vec![1, 2]);
+        // Both reads rode one marker: one block.
+        assert_eq!(net.stores[1].head().unwrap().height, 1);
+        net.engines[1].read_index(3).unwrap();
+        net.settle();
+        assert_eq!(net.ready[1], vec![1, 2, 3]);
+        assert_eq!(net.stores[1].head().unwrap().height, 2);
+
+        for ctx in 0..MAX_PENDING_READS as u64 {
+            net.engines[2].read_index(100 + ctx).unwrap();
+        }
+        assert_eq!(net.engines[2].read_index(1), Err(ProposeError::Busy));
     }
 }

@@ -45,6 +45,7 @@ impl ByzantineRaft {
             Op::Put { value, .. } => value.push('!'),
             Op::Delete { key } => key.push('!'),
             Op::Transfer { amount, .. } => *amount = amount.wrapping_add(1),
+            Op::Read {} => tx.seq = tx.seq.wrapping_add(1),
         }
         postcard::to_allocvec(&txs).ok()
     }

@@ -41,6 +41,9 @@ pub trait StateAccess {
 pub enum Applied {
     Applied(TxOutcome),
     Duplicate,
+    /// A PBFT read marker ([`Op::Read`]): it only marks a position in the order, so it has no
+    /// outcome, no receipt and does not touch the signer's seq.
+    ReadMarker,
 }
 
 /// Applies one transaction. Signatures are not checked here: a block reaches the ledger only
@@ -48,6 +51,9 @@ pub enum Applied {
 /// and re-verifying on every replica would double the dominant CPU cost. `faultline verify` and
 /// the simulator's invariants check them independently.
 pub fn apply_tx<S: StateAccess>(state: &mut S, tx: &Tx) -> Result<Applied, S::Error> {
+    if tx.op.is_read_marker() {
+        return Ok(Applied::ReadMarker);
+    }
     // Exactly-once: seq must increase per client (docs/SPEC.md).
     if let Some(last) = state.last_seq(&tx.client)? {
         if tx.seq <= last {
@@ -65,6 +71,7 @@ pub fn apply_tx<S: StateAccess>(state: &mut S, tx: &Tx) -> Result<Applied, S::Er
             TxOutcome::Ok
         }
         Op::Transfer { from, to, amount } => transfer(state, from, to, *amount)?,
+        Op::Read {} => return Ok(Applied::ReadMarker),
     };
     Ok(Applied::Applied(outcome))
 }

@@ -290,6 +290,10 @@ pub fn replay(
     let (mut negative, mut unconserved, mut rule, mut records) = (vec![], vec![], vec![], vec![]);
     for (h, block) in blocks {
         for tx in &block.txs {
+            // A PBFT read marker changes nothing and has no record (docs/SPEC.md).
+            if tx.op.is_read_marker() {
+                continue;
+            }
             r.txs_in_blocks += 1;
             let hash = tx.hash();
             *r.occurrences.entry(hash).or_default() += 1;
@@ -347,7 +351,7 @@ pub fn replay(
                         negative.push(format!("height {h}: {from} below zero"));
                     }
                 }
-                ledger::Op::Transfer { .. } => {}
+                ledger::Op::Transfer { .. } | ledger::Op::Read {} => {}
             }
             r.applied.insert(hash, (*h, outcome));
             r.applied_seqs.push((tx.client, tx.seq, hash));

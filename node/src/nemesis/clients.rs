@@ -144,6 +144,11 @@ async fn write(ctx: &Ctx, client: usize, tx: Tx, rng: &mut ChaCha8Rng) -> Op {
             key: key.clone(),
             value: String::new(),
         },
+        // Nemesis clients never build markers (only replicas sign them).
+        ledger::Op::Read {} => OpKind::Put {
+            key: String::new(),
+            value: String::new(),
+        },
     };
     let body = serde_json::to_vec(&tx).unwrap_or_default();
     let invoke_ns = ctx.now_ns();

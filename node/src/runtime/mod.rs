@@ -107,6 +107,13 @@ async fn run_async(
             limits: node.limits.clone(),
             byzantine: node.byzantine,
             seed: node.id,
+            read_nonce_seed: {
+                // Fresh on every start, so a restarted replica never reuses a read marker.
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b)
+                    .context("the operating system's random number generator failed")?;
+                u64::from_le_bytes(b)
+            },
         },
         &store,
     )

@@ -21,6 +21,8 @@ pub struct Checker {
     /// height -> (block hash, first correct node that committed it).
     chain: BTreeMap<u64, (Hash, NodeId)>,
     permitted: BTreeSet<[u8; 32]>,
+    /// Replica keys: the only permitted signers of PBFT read markers.
+    replicas: BTreeSet<[u8; 32]>,
     /// Transactions whose client signature already verified (each is checked once).
     verified: HashSet<Hash>,
     pub violation: Option<Violation>,
@@ -32,6 +34,12 @@ impl Checker {
             permitted: permitted.into_iter().collect(),
             ..Default::default()
         }
+    }
+
+    /// Also accepts read markers (docs/SPEC.md "Read markers") signed by these replica keys.
+    pub fn with_replicas(mut self, replicas: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        self.replicas = replicas.into_iter().collect();
+        self
     }
 
     /// Records a violation (lost writes and failed audits come from outside this checker).
@@ -65,7 +73,12 @@ impl Checker {
             if self.verified.contains(&h) {
                 continue;
             }
-            if !self.permitted.contains(&tx.client) || tx.verify().is_err() {
+            let signers = if tx.op.is_read_marker() {
+                &self.replicas
+            } else {
+                &self.permitted
+            };
+            if !signers.contains(&tx.client) || tx.verify().is_err() {
                 self.flag(
                     block.height,
                     format!("node {node} committed transaction {i} at height {} that no permitted client signed", block.height),

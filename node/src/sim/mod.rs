@@ -301,7 +301,8 @@ impl Sim {
             )));
         }
         let cluster = sim_cluster(cfg.protocol, cfg.nodes, cfg.clients)?;
-        let checker = Checker::new(cluster.clients.iter().map(|c| c.public_key));
+        let checker = Checker::new(cluster.clients.iter().map(|c| c.public_key))
+            .with_replicas(cluster.nodes.iter().map(|n| n.public_key));
         let report = SimReport {
             seed: cfg.seed,
             protocol: cfg.protocol,
@@ -413,6 +414,11 @@ impl Sim {
                 },
                 byzantine: node.byzantine,
                 seed: self.cfg.seed,
+                // Distinct per node and per start (the crash count grows with every crash),
+                // and still a function of the seed alone.
+                read_nonce_seed: self.cfg.seed
+                    ^ id.rotate_left(48)
+                    ^ self.report.crashes.rotate_left(24),
             },
             &store,
         )

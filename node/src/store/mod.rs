@@ -386,6 +386,36 @@ impl Store {
         Ok(t.get(key)?.map(|v| v.value().to_string()))
     }
 
+    /// A key's value and the height it is the value at, read in one transaction: a signed read
+    /// reply vouches for exactly this pair, so a block applied in between must not mix them.
+    pub fn get_with_height(&self, key: &str) -> Result<(Option<String>, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let head: Head = decode(
+            META_HEAD,
+            meta.get(META_HEAD)?
+                .ok_or_else(|| StoreError::Corrupt(format!("missing {META_HEAD}")))?
+                .value(),
+        )?;
+        let t = txn.open_table(KV)?;
+        Ok((t.get(key)?.map(|v| v.value().to_string()), head.height))
+    }
+
+    /// An account's balance and the height it is the balance at, read in one transaction (see
+    /// [`Store::get_with_height`]).
+    pub fn balance_with_height(&self, account: &str) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let head: Head = decode(
+            META_HEAD,
+            meta.get(META_HEAD)?
+                .ok_or_else(|| StoreError::Corrupt(format!("missing {META_HEAD}")))?
+                .value(),
+        )?;
+        let t = txn.open_table(BALANCES)?;
+        Ok((t.get(account)?.map(|v| v.value()).unwrap_or(0), head.height))
+    }
+
     pub fn balance(&self, account: &str) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(BALANCES)?;
@@ -615,7 +645,7 @@ impl Store {
             for (tx, tx_hash) in block.txs.iter().zip(&tx_hashes) {
                 let outcome = match apply_tx(&mut tables, tx)? {
                     Applied::Applied(o) => Some(o),
-                    Applied::Duplicate => None,
+                    Applied::Duplicate | Applied::ReadMarker => None,
                 };
                 if let Some(o) = &outcome {
                     let rec = TxRecord {
