@@ -116,3 +116,51 @@ fn raft_serves_balances_and_receipts() {
 fn pbft_serves_balances_and_receipts() {
     balances_and_receipts(Cluster::pbft(4));
 }
+
+/// Issue 17 item 3: `client get` and `client balance` on PBFT accept only 2f+1 matching signed
+/// replies (TOCS §5.1.3) or, failing that, f+1 matching replies to reads ordered through the
+/// protocol, so a replica that answers with validly signed wrong values, or one that answers
+/// nothing, does not change what the client prints.
+#[test]
+fn pbft_client_reads_survive_a_lying_and_a_mute_replica() {
+    let mut c = Cluster::pbft(4);
+    let toml = c.node_dir(3).join("node.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("byzantine = \"corrupt\"\n{text}")).unwrap();
+    c.start_all();
+    c.wait_converged(&[0, 1, 2], 0, T);
+    let cfg = faultline_node::config::ClusterConfig::load(&c.path().join("cluster.toml")).unwrap();
+    let (account, funds) = cfg.genesis.balances.iter().next().unwrap();
+
+    let (ok, _, err) = client(&c, &["put", "color", "blue"]);
+    assert!(ok, "{err}");
+    // The lie is real: replica 3 signs a wrong value with its own key.
+    let (code, v) = http(&c.api(3), "GET", "/v1/kv/color?consistency=local", None).unwrap();
+    assert_eq!(code, 200, "{v}");
+    assert_ne!(v["value"], "blue", "{v}");
+    let lie = faultline_node::reply::parse_read_reply(&v).unwrap();
+    assert!(faultline_node::reply::verify_read(
+        &cfg.nodes[3].public_key,
+        &lie.read,
+        lie.height,
+        &lie.signature
+    ));
+
+    let (ok, out, err) = client(&c, &["get", "color"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("color = blue ("), "{out}");
+    let (ok, out, err) = client(&c, &["balance", account]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&format!("{account} = {funds} (")), "{out}");
+    let (ok, out, err) = client(&c, &["get", "nothing-here"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("nothing-here not found"), "{out}");
+
+    // The liar goes mute: the three correct replicas still decide every read.
+    c.kill(3);
+    let (ok, _, err) = client(&c, &["put", "color", "green"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = client(&c, &["get", "color"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("color = green ("), "{out}");
+}

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::ProposeError;
 use crate::ledger::{Tx, TxRecord};
+use crate::reply::ReadValue;
 use crate::runtime::{Cmd, Shared};
 
 /// How long a write or a linearizable read waits for its commit before answering 503.
@@ -508,16 +509,40 @@ async fn get_kv(
     if let Err(r) = read_barrier(&shared, q.consistency.as_deref(), &headers, &path).await {
         return r;
     }
-    let height = match shared.store.head() {
-        Ok(h) => h.height,
+    // Value and height from one store transaction: the signature vouches for the pair.
+    let (value, height) = match shared.store.get_with_height(&key) {
+        Ok(r) => r,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    match shared.store.get(&key) {
-        Ok(Some(value)) => {
-            Json(json!({ "key": key, "value": value, "height": height })).into_response()
+    let value = match shared.byzantine {
+        // A lying replica: a wrong value, signed with its real key.
+        Some(crate::faults::ByzantineMode::Corrupt) => {
+            Some(format!("{}!", value.unwrap_or_default()))
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("key {key:?} not found")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        _ => value,
+    };
+    let read = ReadValue::Kv {
+        key: key.clone(),
+        value: value.clone(),
+    };
+    let signature = hex::encode(crate::reply::sign_read(&shared.key, &read, height));
+    match value {
+        Some(value) => Json(json!({
+            "key": key, "value": value, "height": height,
+            "node": shared.id, "signature": signature,
+        }))
+        .into_response(),
+        // Absence is signed too: a client counting replies must be able to tell "absent at
+        // height H" from a replica that did not answer.
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "error": format!("key {key:?} not found"),
+                "key": key, "value": null, "height": height,
+                "node": shared.id, "signature": signature,
+            })),
+        )
+            .into_response(),
     }
 }
 
@@ -533,15 +558,24 @@ async fn get_balance(
     if let Err(r) = read_barrier(&shared, q.consistency.as_deref(), &headers, &path).await {
         return r;
     }
-    let height = match shared.store.head() {
-        Ok(h) => h.height,
+    let (balance, height) = match shared.store.balance_with_height(&account) {
+        Ok(r) => r,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    match shared.store.balance(&account) {
-        Ok(balance) => Json(json!({ "account": account, "balance": balance, "height": height }))
-            .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    let balance = match shared.byzantine {
+        Some(crate::faults::ByzantineMode::Corrupt) => balance.wrapping_add(1),
+        _ => balance,
+    };
+    let read = ReadValue::Balance {
+        account: account.clone(),
+        balance,
+    };
+    let signature = hex::encode(crate::reply::sign_read(&shared.key, &read, height));
+    Json(json!({
+        "account": account, "balance": balance, "height": height,
+        "node": shared.id, "signature": signature,
+    }))
+    .into_response()
 }
 
 /// The receipt of a transaction: the same signed reply `POST /v1/tx` gives, once this node has

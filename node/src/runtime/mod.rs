@@ -46,6 +46,9 @@ pub struct Shared {
     pub net: faultline_net::NetHandle,
     /// Forwards writes and linearizable reads from a raft follower to the leader's API.
     pub http: reqwest::Client,
+    /// The node's Byzantine mode (experiments): `corrupt` also makes the API answer reads
+    /// with validly signed wrong values, the attack a PBFT client's read quorum must survive.
+    pub byzantine: Option<crate::faults::ByzantineMode>,
 }
 
 impl Shared {
@@ -165,6 +168,7 @@ async fn run_async(
         cmds: cmd_tx,
         net: net.clone(),
         http,
+        byzantine: node.byzantine,
     });
     let driver = driver::Driver {
         engine,
