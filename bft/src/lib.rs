@@ -6,6 +6,7 @@
 //! with [`Replica::ready`]. No clocks, threads, files or randomness: the same inputs give the
 //! same outputs byte for byte.
 
+mod arrivals;
 pub mod certificate;
 pub mod checkpoint;
 pub mod config;

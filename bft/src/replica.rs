@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
+use crate::arrivals::Arrivals;
 use crate::certificate::{CommitCertificate, CommittedBatch, NULL_DIGEST};
 use crate::checkpoint::{CheckpointVotes, StableCheckpoint};
 use crate::config::{request_cost, Config, ConfigError, NodeId};
@@ -93,11 +94,11 @@ pub struct Replica<A: App> {
     queued_bytes: usize,
     /// Requests in pre-prepares not yet executed (bodies kept: a view change hands them back to
     /// `pending` so they are re-submitted to the next primary).
-    in_flight: BTreeMap<Hash, Vec<u8>>,
+    in_flight: Arrivals,
     recent: BTreeSet<Hash>,
     recent_order: VecDeque<Hash>,
     /// Requests submitted at this backup and not yet executed (the request timer watches them).
-    pending: BTreeMap<Hash, Vec<u8>>,
+    pending: Arrivals,
     request_timer: Option<u32>,
 
     /// Verified messages for a later view / beyond the high watermark, replayed when we get there.
@@ -151,10 +152,10 @@ impl<A: App> Replica<A> {
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
             queued_bytes: 0,
-            in_flight: BTreeMap::new(),
+            in_flight: Arrivals::new(),
             recent: BTreeSet::new(),
             recent_order: VecDeque::new(),
-            pending: BTreeMap::new(),
+            pending: Arrivals::new(),
             request_timer: None,
             future: VecDeque::new(),
             fetch: None,
@@ -369,6 +370,36 @@ impl<A: App> Replica<A> {
     fn waiting_for_requests(&self) -> bool {
         !self.pending.is_empty()
             || (self.is_primary() && (!self.queue.is_empty() || !self.in_flight.is_empty()))
+    }
+
+    /// §4.1: a client whose request is not answered in time broadcasts it to all replicas,
+    /// so that every correct backup waits for it and suspects a primary that does not order
+    /// it. The node's API is the client's proxy and hands each request to one replica only:
+    /// without this, a primary that crashed after its last batch is suspected by just the
+    /// replicas that clients happened to reach — possibly one, short of the f+1 VIEW-CHANGEs
+    /// that pull the others into the new view (§4.5.2) — and that replica waits in its view
+    /// change forever. So when our request timer expires we send the requests we wait for to
+    /// every other replica (at most one batch budget of them: one is enough to start a
+    /// timer, and the rest reach the new primary with the NEW-VIEW hand-over).
+    fn relay_pending(&mut self) {
+        let budget = self.cfg.batch_budget();
+        let mut used = 0usize;
+        let mut relay = Vec::new();
+        for r in self.pending.values() {
+            let cost = request_cost(r.len());
+            if !relay.is_empty() && used + cost > budget {
+                break;
+            }
+            used += cost;
+            relay.push(r.clone());
+        }
+        for request in relay {
+            let m = self.sign(&Payload::Request(Request {
+                replica: self.me,
+                request,
+            }));
+            self.broadcast("request", &m);
+        }
     }
 
     /// Starts the request timer unless it is already running (§4.4).
@@ -601,6 +632,7 @@ impl<A: App> Replica<A> {
             if let Some(t) = self.request_timer {
                 if t <= 1 {
                     self.request_timer = None;
+                    self.relay_pending();
                     // §4.4: the backup suspects the primary of view v and moves to v + 1.
                     self.start_view_change(self.view + 1);
                 } else {
@@ -1051,7 +1083,17 @@ impl<A: App> Replica<A> {
 
     fn on_request(&mut self, r: Request) -> Result<(), &'static str> {
         if !self.is_primary() || self.in_view_change {
-            return Err(reason::NOT_PRIMARY);
+            // §4.1: a request that reaches a backup is the client's broadcast after its
+            // timeout (here relayed by the replica the client talked to, see
+            // `relay_pending`): the backup relays it to the primary and waits for it like one
+            // it received itself (§4.4), so it too suspects a primary that never orders it.
+            // The request is client-signed (checked in `submit`), so a faulty sender gains
+            // nothing it could not get by sending it to the primary.
+            return match self.submit(r.request) {
+                Ok(()) | Err(SubmitError::Duplicate) => Ok(()),
+                Err(SubmitError::TooLarge(_)) => Err(reason::TOO_LARGE),
+                Err(SubmitError::Invalid) => Err(reason::INVALID_REQUEST),
+            };
         }
         if request_cost(r.request.len()) > self.cfg.batch_budget() {
             return Err(reason::TOO_LARGE);
@@ -1497,9 +1539,11 @@ impl<A: App> Replica<A> {
         self.request_timer = None;
         self.log.clear();
         // Requests we queued or proposed as primary are not lost with the view: they become
-        // pending here and are handed to the next primary (or re-queued if that is us).
-        let mut orphans: Vec<(Hash, Vec<u8>)> = self.queue.drain(..).collect();
-        orphans.extend(std::mem::take(&mut self.in_flight));
+        // pending here and are handed to the next primary (or re-queued if that is us), the
+        // proposed ones first, so they keep the order we received them in.
+        let mut orphans: Vec<(Hash, Vec<u8>)> =
+            std::mem::take(&mut self.in_flight).into_iter().collect();
+        orphans.extend(self.queue.drain(..));
         self.queued.clear();
         self.queued_bytes = 0;
         for (h, r) in orphans {

@@ -435,7 +435,10 @@ fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
     c.run_ticks(1);
     assert!(c.r(3).status().last_executed == 0);
     c.crash(0);
-    // Replicas 1 and 2 suspect primary 0; replica 3 joins on their f+1 VIEW-CHANGEs.
+    // Replicas 1 and 2 suspect primary 0; replica 3 joins on their f+1 VIEW-CHANGEs. Their
+    // relays of "poke" (§4.1, `relay_pending`) are lost, so replica 3 waits for no request of
+    // its own: only the retransmission of R below can start its timer.
+    c.drop_kinds.insert("request");
     c.submit(1, b"poke").unwrap();
     c.submit(2, b"poke").unwrap();
     c.run_until(200, |c| (1..4).all(|id| c.active_in(id, 1)));
@@ -738,4 +741,53 @@ fn far_behind_replica_catches_up_in_bounded_chunks() {
         .filter(|e| e.kind == "state_response" && e.to == 3)
         .count();
     assert!(replies >= 3, "served in several chunks, got {replies}");
+}
+
+/// §4.1: the client's request reached one backup only (the node API hands it to the replica the
+/// client talked to) and the primary is dead. That backup alone suspects the primary — f
+/// VIEW-CHANGEs, not the f+1 that pull the others along (§4.5.2) — unless, like the paper's
+/// client after its timeout, it makes the request known to every replica: then the others wait
+/// for it too, time out, and the view change completes and executes it. (Found over real
+/// processes: after kill -9 of the primary, writes to one survivor were never acknowledged.)
+#[test]
+fn a_request_known_to_one_backup_only_still_gets_a_dead_primary_replaced() {
+    let mut c = Cluster::new(4);
+    c.crash(0);
+    c.submit(1, b"only-at-1").unwrap();
+    c.run_until(400, |c| {
+        (1..4).all(|id| c.active_in(id, 1) && c.executed(id, b"only-at-1"))
+    });
+    for id in 1..4 {
+        let st = c.r(id).status();
+        assert_eq!((st.view, st.in_view_change), (1, false), "replica {id}");
+        assert!(c.executed(id, b"only-at-1"), "replica {id}");
+        assert_eq!(st.pending_requests, 0, "replica {id}");
+    }
+    c.check_agreement();
+}
+
+/// Requests handed to the next primary after a view change keep the order the client sent them
+/// in. Ordered by digest instead, a client pipelining seq 1..n through one replica had most of
+/// them refused by the ledger as stale (seq not above the last applied one) once they were
+/// re-ordered — found over real processes after kill -9 of the primary.
+#[test]
+fn requests_waiting_at_a_backup_reach_the_new_primary_in_arrival_order() {
+    let mut c = Cluster::new(4);
+    c.crash(0);
+    let reqs = Cluster::reqs("ordered", 12);
+    for r in &reqs {
+        c.submit(1, r).unwrap();
+    }
+    c.run_until(400, |c| {
+        (1..4).all(|id| c.active_in(id, 1) && reqs.iter().all(|r| c.executed(id, r)))
+    });
+    for id in 1..4 {
+        let executed: Vec<Vec<u8>> = c.nodes[id as usize]
+            .committed
+            .iter()
+            .flat_map(|b| b.requests.iter().cloned())
+            .collect();
+        assert_eq!(executed, reqs, "replica {id}");
+    }
+    c.check_agreement();
 }
