@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use faultline_node::ledger::{Op, Tx};
 use serde_json::Value;
-use support::{http, wait_for, Cluster, BIN};
+use support::{http, http_raw, wait_for, Cluster, BIN};
 
 const T: Duration = Duration::from_secs(60);
 /// The smallest budget a node accepts (`MIN_MAX_MESSAGE_BYTES`).
@@ -158,6 +158,19 @@ fn same_chain(c: &Cluster, nodes: &[usize], h: u64) {
     }
 }
 
+/// The value of one series of node `i`'s /metrics (0 if absent).
+fn metric(c: &Cluster, i: usize, series: &str) -> f64 {
+    let Some((200, body)) = http_raw(&c.api(i), "GET", "/metrics", None) else {
+        panic!("node {i}: no /metrics");
+    };
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// No node tried to send a message over the budget (a bug the driver logs and counts).
 fn no_oversized_sends(c: &Cluster, nodes: &[usize]) {
     for &i in nodes {
         let log = c.log(i);
@@ -165,6 +178,12 @@ fn no_oversized_sends(c: &Cluster, nodes: &[usize]) {
             !log.contains("BUG: oversized") && !log.contains("exceeds the"),
             "node {i} tried to send a message over the budget: {log}"
         );
+        let oversized = metric(
+            c,
+            i,
+            r#"faultline_messages_rejected_total{reason="oversized"}"#,
+        );
+        assert_eq!(oversized, 0.0, "node {i}: oversized sends");
     }
 }
 
@@ -281,6 +300,31 @@ fn a_replica_several_checkpoints_behind_catches_up_by_chunked_state_transfer_acr
     }
     eprintln!("lagger at {mid} of {height}; killed mid-transfer: {killed_mid_transfer}");
     let (h, _) = c.wait_converged(&all, height, T);
+    // It caught up by state transfer (the checkpoints it missed were garbage-collected from the
+    // others' logs), in replies that each fit the budget: several of them for ~7.7 MB.
+    let replies: f64 = others
+        .iter()
+        .map(|&i| {
+            metric(
+                &c,
+                i,
+                r#"faultline_messages_sent_total{type="state_response"}"#,
+            )
+        })
+        .sum();
+    let reply_bytes: f64 = others
+        .iter()
+        .map(|&i| {
+            metric(
+                &c,
+                i,
+                r#"faultline_message_bytes_sent_total{type="state_response"}"#,
+            )
+        })
+        .sum();
+    eprintln!("state transfer: {replies} replies, {reply_bytes} bytes");
+    assert!(replies >= 2.0, "{replies} state-transfer replies");
+    assert!(reply_bytes / replies <= BUDGET as f64);
     let s = c.status(lagger).expect("status");
     assert_eq!(s["first_height"].as_u64(), Some(1), "{s}");
     same_chain(&c, &all, h);

@@ -1419,8 +1419,21 @@ impl<A: App> Replica<A> {
         }
     }
 
-    /// Starts (or restarts) fetching committed batches up to `to_seq` from `peers`.
+    /// Starts fetching committed batches up to `to_seq` from `peers`. A fetch already under
+    /// way only gets the higher target (and the newer checkpoint's signers): its chain of
+    /// requests continues from each reply to the new target. A second chain would fetch the
+    /// same batches again — a replica reconnecting after a long absence learns of checkpoint
+    /// after checkpoint while it catches up, and each one used to start another.
     fn start_fetch(&mut self, to_seq: u64, peers: Vec<NodeId>, next_peer: usize) {
+        if let Some(fs) = &mut self.fetch {
+            if to_seq > fs.to_seq {
+                fs.to_seq = to_seq;
+                if !peers.is_empty() {
+                    fs.peers = peers;
+                }
+            }
+            return;
+        }
         self.fetch = Some(FetchState {
             to_seq,
             peers,
@@ -1497,6 +1510,7 @@ impl<A: App> Replica<A> {
     /// whose digest is the app's digest of the requests; emits them like normal commits.
     fn on_state_response(&mut self, r: StateResponse) -> Result<(), &'static str> {
         let mut result = Ok(());
+        let before = self.last_executed;
         for b in r.batches {
             if b.seq <= self.last_executed {
                 continue;
@@ -1512,10 +1526,14 @@ impl<A: App> Replica<A> {
             }
             self.deliver(b);
         }
-        if let Some(fs) = &self.fetch {
+        if let Some(fs) = &mut self.fetch {
             if self.last_executed >= fs.to_seq {
                 self.fetch = None;
-            } else if result.is_ok() {
+            } else if result.is_ok() && self.last_executed > before {
+                // Progress: ask for the next chunk, and give its peer a full timeout. A reply
+                // that brought nothing new (a late answer to a request we already re-sent
+                // elsewhere) asks nothing, so at most one chain of requests runs.
+                fs.ticks_left = self.cfg.request_timeout_ticks;
                 self.send_fetch();
             }
         }
