@@ -94,6 +94,9 @@ pub struct SimReport {
     /// Most leader (raft) or view (pbft) changes seen by one correct node.
     pub leader_changes: u64,
     pub crashes: u64,
+    /// PBFT client reads decided (by 2f+1 matching replies or ordered) and checked against the
+    /// correct replicas' ledger.
+    pub reads: u64,
     pub partitions: u64,
     /// Blocks committed after the faults stopped.
     pub heal_commits: u64,
@@ -276,6 +279,20 @@ pub struct Sim {
     clients_on: bool,
     report: SimReport,
     acked: Vec<(usize, u64, u64)>,
+    /// PBFT client reads waiting for ordered replies (the fallback of [`crate::reply::ReadRule`]).
+    reads: Vec<SimRead>,
+    next_read_ctx: u64,
+}
+
+/// A PBFT read the simulated client is ordering on every replica (TOCS §5.1.3's fallback).
+struct SimRead {
+    key: String,
+    /// The highest height any correct node had applied when the read began: a linearizable
+    /// answer is the state at some height at or above it.
+    floor: u64,
+    quorum: crate::reply::ReadQuorum,
+    /// (replica, read ctx) still to answer.
+    waiting: Vec<(NodeId, u64)>,
 }
 
 impl Sim {
@@ -314,6 +331,7 @@ impl Sim {
             messages_by_type: BTreeMap::new(),
             leader_changes: 0,
             crashes: 0,
+            reads: 0,
             partitions: 0,
             heal_commits: 0,
             safe: true,
@@ -356,6 +374,8 @@ impl Sim {
             clients_on: true,
             report,
             acked: Vec::new(),
+            reads: Vec::new(),
+            next_read_ctx: 1,
         };
         for i in 0..sim.cfg.nodes {
             sim.start_node(i as NodeId)?;
@@ -448,7 +468,11 @@ impl Sim {
         } else {
             store.base().ok()
         };
+        let ready_reads = engine.ready_reads();
         let lc = engine.leader_changes();
+        if !ready_reads.is_empty() {
+            self.answer_ordered_reads(id, &ready_reads)?;
+        }
         if self.is_correct(id) {
             self.report.leader_changes = self.report.leader_changes.max(lc);
             if let Some(base) = installed.filter(|b| b.height > 0) {
@@ -539,6 +563,199 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// One signed read reply from replica `id`, as its API would send it: a correct replica
+    /// answers from its store, a Byzantine one with a validly signed value nobody wrote.
+    fn read_reply(
+        &self,
+        id: NodeId,
+        key: &str,
+    ) -> Result<Option<crate::reply::ReadReply>, SimError> {
+        let Some((store, _)) = self.nodes[id as usize].running.as_ref() else {
+            return Ok(None);
+        };
+        let (value, height) = store.get_with_height(key).map_err(|e| SimError::Engine {
+            node: id,
+            source: e.into(),
+        })?;
+        let value = if self.is_correct(id) {
+            value
+        } else {
+            Some(format!("forged by {id}"))
+        };
+        let read = crate::reply::ReadValue::Kv {
+            key: key.to_string(),
+            value,
+        };
+        let signature = crate::reply::sign_read(&sim_node_key(id as usize), &read, height);
+        Ok(Some(crate::reply::ReadReply {
+            node: id,
+            read,
+            height,
+            signature,
+        }))
+    }
+
+    /// Counts a reply the way `faultline client` does: only if it verifies against the key
+    /// cluster.toml gives the replica asked.
+    fn verified(&self, r: &crate::reply::ReadReply) -> bool {
+        self.cluster.node(r.node).is_some_and(|n| {
+            crate::reply::verify_read(&n.public_key, &r.read, r.height, &r.signature)
+        })
+    }
+
+    /// A PBFT client read by the client's rule (`client::decide_read`): 2f+1 replies matching
+    /// in value and height, else the read is ordered on every replica and f+1 matching values
+    /// decide (answered from [`Sim::drive`] as the replicas execute their markers).
+    fn read(&mut self) -> Result<(), SimError> {
+        use crate::reply::{ReadQuorum, ReadRule};
+        let key = format!("k{}", self.below(50));
+        let mut fast = ReadQuorum::new(ReadRule::Fast, self.cluster.f);
+        for id in 0..self.cfg.nodes as NodeId {
+            let Some(r) = self.read_reply(id, &key)? else {
+                continue;
+            };
+            if !self.verified(&r) {
+                continue;
+            }
+            if let Some((read, height)) = fast.add(id, r.read, r.height) {
+                self.check_read(&key, &read, height, height);
+                return Ok(());
+            }
+        }
+        let floor = (0..self.cfg.nodes as NodeId)
+            .filter(|id| self.is_correct(*id))
+            .filter_map(|id| self.nodes[id as usize].running.as_ref())
+            .filter_map(|(store, _)| store.head().ok())
+            .map(|h| h.height)
+            .max()
+            .unwrap_or(0);
+        let mut read = SimRead {
+            key,
+            floor,
+            quorum: ReadQuorum::new(ReadRule::Ordered, self.cluster.f),
+            waiting: Vec::new(),
+        };
+        for id in 0..self.cfg.nodes as NodeId {
+            let ctx = self.next_read_ctx;
+            self.next_read_ctx += 1;
+            let Some((_, engine)) = self.nodes[id as usize].running.as_mut() else {
+                continue;
+            };
+            match engine.read_index(ctx) {
+                Ok(true) => read.waiting.push((id, ctx)),
+                // A replica without the ordered path (a Byzantine wrapper) answers at once.
+                Ok(false) => {
+                    if let Some(r) = self.read_reply(id, &read.key)? {
+                        if self.verified(&r) {
+                            read.quorum.add(id, r.read, r.height);
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        self.reads.push(read);
+        Ok(())
+    }
+
+    /// Replica `id` executed the markers of reads `ctxs`: its replies join their quorums.
+    fn answer_ordered_reads(&mut self, id: NodeId, ctxs: &[u64]) -> Result<(), SimError> {
+        let mut decided = Vec::new();
+        for i in 0..self.reads.len() {
+            let Some(pos) = self.reads[i]
+                .waiting
+                .iter()
+                .position(|(n, c)| *n == id && ctxs.contains(c))
+            else {
+                continue;
+            };
+            self.reads[i].waiting.swap_remove(pos);
+            let key = self.reads[i].key.clone();
+            let Some(r) = self.read_reply(id, &key)? else {
+                continue;
+            };
+            if !self.verified(&r) {
+                continue;
+            }
+            if let Some(d) = self.reads[i].quorum.add(id, r.read, r.height) {
+                decided.push((i, d));
+            }
+        }
+        for (i, (read, _)) in decided.into_iter().rev() {
+            let r = self.reads.swap_remove(i);
+            let hi = self.max_correct_height();
+            self.check_read(&r.key, &read, r.floor, hi);
+        }
+        Ok(())
+    }
+
+    fn max_correct_height(&self) -> u64 {
+        (0..self.cfg.nodes as NodeId)
+            .filter(|id| self.is_correct(*id))
+            .filter_map(|id| self.nodes[id as usize].running.as_ref())
+            .filter_map(|(store, _)| store.head().ok())
+            .map(|h| h.height)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A decided read must be a value the correct replicas' ledger gives `key` at some height
+    /// in `lo..=hi` (the fast path: exactly at its height; the ordered path: at or after the
+    /// read began) — never a value no correct replica holds.
+    fn check_read(&mut self, key: &str, read: &crate::reply::ReadValue, lo: u64, hi: u64) {
+        let crate::reply::ReadValue::Kv { value, .. } = read else {
+            return;
+        };
+        self.report.reads += 1;
+        // The ledger of a correct node that reached `hi` (all correct ledgers agree, which the
+        // checker verifies separately).
+        let store = (0..self.cfg.nodes as NodeId)
+            .filter(|id| self.is_correct(*id))
+            .filter_map(|id| self.nodes[id as usize].running.as_ref())
+            .map(|(store, _)| store)
+            .find(|s| s.head().is_ok_and(|h| h.height >= hi));
+        let Some(store) = store else {
+            return;
+        };
+        let mut current: Option<String> = None;
+        let mut seen = false;
+        // Replays the ledger's rule: a tx at or below its client's last applied seq is a
+        // duplicate and changes nothing (docs/SPEC.md "Transactions").
+        let mut last_seq: std::collections::HashMap<[u8; 32], u64> = Default::default();
+        for h in 1..=hi {
+            if let Ok(Some(b)) = store.block(h) {
+                for tx in &b.txs {
+                    if tx.op.is_read_marker()
+                        || last_seq.get(&tx.client).is_some_and(|l| tx.seq <= *l)
+                    {
+                        continue;
+                    }
+                    last_seq.insert(tx.client, tx.seq);
+                    match &tx.op {
+                        Op::Put { key: k, value: v } if k == key => current = Some(v.clone()),
+                        Op::Delete { key: k } if k == key => current = None,
+                        _ => {}
+                    }
+                }
+            }
+            if h >= lo && current == *value {
+                seen = true;
+                break;
+            }
+        }
+        if lo == 0 && value.is_none() {
+            seen = true;
+        }
+        if !seen {
+            self.checker.flag(
+                hi,
+                format!(
+                    "a PBFT client read of {key:?} returned {value:?}, which no correct replica held at heights {lo}..={hi}"
+                ),
+            );
         }
     }
 
@@ -724,6 +941,9 @@ impl Sim {
                 Event::Submit(c) => {
                     if self.clients_on {
                         self.submit(c)?;
+                        if self.cfg.protocol == Protocol::Pbft && self.below(4) == 0 {
+                            self.read()?;
+                        }
                         self.schedule(CLIENT_INTERVAL_US, Event::Submit(c));
                     }
                 }
