@@ -44,7 +44,7 @@ use libp2p::allow_block_list::{self, AllowedPeers, NotAllowed};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, ListenError, NetworkBehaviour, StreamProtocol, SwarmEvent};
-use libp2p::{identity, noise, tcp, yamux, Swarm};
+use libp2p::{identity, noise, ping, tcp, yamux, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -53,7 +53,7 @@ use crate::behaviour::{HandlerOut, StreamBehaviour, StreamEvent};
 use crate::io::{BatchTally, Outgoing};
 
 pub use io::read_frames;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
 
 /// A cluster member's id (index in `cluster.toml`).
 pub type NodeId = u64;
@@ -74,6 +74,11 @@ pub const MAX_PENDING_INCOMING: u32 = 32;
 pub const REDIAL_MIN: Duration = Duration::from_millis(100);
 /// Cap of the exponential redial backoff.
 pub const REDIAL_MAX: Duration = Duration::from_secs(5);
+/// How often each connection is pinged.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A ping unanswered this long closes the connection. Generous: a ping shares the TCP
+/// connection with up to `peer_buffer_bytes` of queued frames ahead of it on a slow link.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connection timeout: effectively never (connections close only on error or shutdown).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -434,6 +439,10 @@ struct Behaviour {
     // Order matters: the allow-list is consulted first, so an unknown peer is refused as such.
     allow: allow_block_list::Behaviour<AllowedPeers>,
     limits: connection_limits::Behaviour,
+    /// Liveness: a connection whose peer stops answering pings is closed, so a peer behind a
+    /// dead link (cable pulled, host frozen, partition — no FIN or RST ever arrives) shows as
+    /// disconnected and is redialled, instead of looking connected until TCP gives up.
+    ping: ping::Behaviour,
     streams: StreamBehaviour,
 }
 
@@ -443,6 +452,10 @@ struct PeerState {
     /// Whether this node is the one that dials (lower id).
     dialer: bool,
     connections: u32,
+    /// Its connection stopped answering pings and is being closed. A graceful close flushes
+    /// what is queued, which on a dead link waits for TCP to give up (many minutes), so the
+    /// peer counts as unreachable from the failed ping on, not from the close.
+    stalled: bool,
     next_dial: Option<Instant>,
     backoff: Duration,
     streams: mpsc::UnboundedSender<(ConnectionId, libp2p::Stream)>,
@@ -497,6 +510,11 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
         .with_behaviour(|_| Behaviour {
             allow,
             limits,
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             streams: StreamBehaviour::new(PROTOCOL),
         })
         .map_err(|e| NetError::Transport(e.to_string()))?
@@ -582,6 +600,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
                 addr: p.addr.clone(),
                 dialer,
                 connections: 0,
+                stalled: false,
                 next_dial: dialer.then_some(now),
                 backoff: REDIAL_MIN,
                 streams: stream_tx,
@@ -706,7 +725,11 @@ impl Driver {
         if let Some(c) = self.shared.connected.get(&node) {
             c.store(up, Ordering::Relaxed);
         }
-        let n = self.peers.values().filter(|p| p.connections > 0).count();
+        let n = self
+            .peers
+            .values()
+            .filter(|p| p.connections > 0 && !p.stalled)
+            .count();
         self.shared.connected_peers.store(n, Ordering::Relaxed);
     }
 
@@ -722,6 +745,7 @@ impl Driver {
                     // The backoff is reset only once our stream is up (see `on_stream_event`), so
                     // a connection that is refused right after the handshake still backs off.
                     p.connections += 1;
+                    p.stalled = false;
                     p.next_dial = None;
                 }
                 tracing::info!(node = self.id, peer = node, addr = %endpoint.get_remote_address(), "peer connected");
@@ -771,6 +795,25 @@ impl Driver {
                 lock(&self.shared.listen_addrs).retain(|a| a != &address);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Streams(ev)) => self.on_stream_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) => {
+                let Some(&node) = self.by_peer_id.get(&peer) else {
+                    return;
+                };
+                tracing::warn!(
+                    node = self.id,
+                    peer = node,
+                    "peer stopped answering pings ({e}); closing its connection"
+                );
+                if let Some(p) = self.peers.get_mut(&node) {
+                    p.stalled = true;
+                }
+                self.set_connected(node, false);
+                self.swarm.close_connection(connection);
+            }
             other => tracing::trace!("swarm event: {other:?}"),
         }
     }

@@ -632,6 +632,13 @@ async fn get_status(State(shared): State<AppState>) -> Response {
         "head_hash": hex::encode(s.head_hash),
         "commit_index": s.engine.commit_index,
         "peers_connected": shared.net.connected_peers(),
+        "peers_unreachable": shared
+            .cluster
+            .nodes
+            .iter()
+            .map(|p| p.id)
+            .filter(|&id| id != shared.id && !shared.net.is_connected(id))
+            .collect::<Vec<_>>(),
         "block_sync": block_sync,
     }))
     .into_response()

@@ -49,7 +49,12 @@ enum Command {
         /// IP address the nodes listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
-        /// First port: node i uses P+i for libp2p and P+N+i for its HTTP API.
+        /// One address per node, comma separated (IP0,IP1,...): a cluster across hosts, node i
+        /// at IPi with libp2p on port P and the HTTP API on P+1. Overrides --host.
+        #[arg(long, value_delimiter = ',', value_name = "IP0,IP1,...")]
+        hosts: Vec<IpAddr>,
+        /// First port: node i uses P+i for libp2p and P+N+i for its HTTP API (with --hosts,
+        /// every node uses P and P+1).
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
         /// Number of client keys to create (each is a permitted writer).
@@ -65,6 +70,11 @@ enum Command {
         /// The node's node.toml.
         #[arg(long)]
         config: PathBuf,
+        /// Local IP to bind the p2p and API listeners on (e.g. 0.0.0.0), with the ports from
+        /// cluster.toml; default: the node's own addresses there. For hosts whose cluster
+        /// address is not a local interface (NAT, containers).
+        #[arg(long, value_name = "IP")]
+        listen: Option<IpAddr>,
     },
     /// Submit signed transactions to a cluster or query its nodes.
     Client {
@@ -428,6 +438,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nodes,
             dir,
             host,
+            hosts,
             base_port,
             clients,
             byzantine,
@@ -437,6 +448,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 nodes,
                 dir,
                 host,
+                hosts,
                 base_port,
                 clients,
                 byzantine,
@@ -448,8 +460,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
-            crate::runtime::run(&config)?;
+        Command::Run { config, listen } => {
+            crate::runtime::run(&config, listen)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client {

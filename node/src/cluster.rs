@@ -130,6 +130,7 @@ impl LocalCluster {
             nodes: spec.nodes,
             dir: dir.clone(),
             host: Ipv4Addr::LOCALHOST.into(),
+            hosts: Vec::new(),
             // Placeholder ports: start() rewrites cluster.toml with free ones.
             base_port: 1024,
             clients: spec.clients.max(1),

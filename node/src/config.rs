@@ -34,6 +34,12 @@ impl Protocol {
         }
     }
 
+    /// Nodes that must be up and connected for the cluster to commit: a majority for raft
+    /// (Raft §5.2), 2f+1 of 3f+1 for pbft (PBFT §4.1) — in both cases n − f.
+    pub fn quorum(self, n: usize) -> usize {
+        n - self.max_faults(n)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Raft => "raft",

@@ -20,6 +20,8 @@ pub struct TestnetSpec {
     pub nodes: usize,
     pub dir: PathBuf,
     pub host: IpAddr,
+    /// One address per node (multi-host clusters); empty: every node on `host`.
+    pub hosts: Vec<IpAddr>,
     pub base_port: u16,
     pub clients: usize,
     pub byzantine: Vec<ByzantineSpec>,
@@ -50,6 +52,20 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
             bail!("--byzantine {}: one mode per node", b.node);
         }
     }
+    if !spec.hosts.is_empty() {
+        if spec.hosts.len() != n {
+            bail!(
+                "--hosts lists {} addresses for --nodes {n}: give one address per node",
+                spec.hosts.len()
+            );
+        }
+        let mut distinct = std::collections::BTreeSet::new();
+        for h in &spec.hosts {
+            if !distinct.insert(h) {
+                bail!("--hosts lists {h} twice: each node needs its own address (use --host for several nodes on one machine)");
+            }
+        }
+    }
     let last_port = u32::from(spec.base_port) + 2 * n as u32;
     if last_port > u32::from(u16::MAX) {
         bail!(
@@ -75,9 +91,17 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
         let key = keys::generate()?;
         keys::write_key(&node_dir.join("node.key"), &key)?;
         let public_key = key.verifying_key().to_bytes();
-        let p2p_port = spec.base_port + i as u16;
-        let api_port = spec.base_port + (n + i) as u16;
-        let ip = match spec.host {
+        // On one host every node needs its own ports; across hosts every node uses the same
+        // two, so one firewall rule and one unit file fit all of them.
+        let (host, p2p_port, api_port) = match spec.hosts.get(i) {
+            Some(&h) => (h, spec.base_port, spec.base_port + 1),
+            None => (
+                spec.host,
+                spec.base_port + i as u16,
+                spec.base_port + (n + i) as u16,
+            ),
+        };
+        let ip = match host {
             IpAddr::V4(_) => "ip4",
             IpAddr::V6(_) => "ip6",
         };
@@ -85,8 +109,8 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
             id: i as u64,
             peer_id: keys::peer_id(&public_key)?.to_string(),
             public_key,
-            p2p: format!("/{ip}/{}/tcp/{p2p_port}", spec.host),
-            api: SocketAddr::new(spec.host, api_port),
+            p2p: format!("/{ip}/{host}/tcp/{p2p_port}"),
+            api: SocketAddr::new(host, api_port),
         });
         let node = NodeConfig {
             id: i as u64,

@@ -25,6 +25,11 @@ pub struct Cluster {
     pub n: usize,
     pub base: u16,
     children: Vec<Option<Child>>,
+    /// Per-node HTTP API and p2p addresses when the nodes are not all on loopback.
+    hosts: Option<Vec<String>>,
+    /// A command that node `i`'s `faultline run` is started under (e.g. `ip netns exec`);
+    /// called with the node index, returns the program and its leading arguments.
+    wrap: Option<Box<dyn Fn(usize) -> Vec<String>>>,
 }
 
 /// A base port such that base..base+2n are all free right now.
@@ -85,6 +90,41 @@ impl Cluster {
             n,
             base,
             children: (0..n).map(|_| None).collect(),
+            hosts: None,
+            wrap: None,
+        }
+    }
+
+    /// Writes a testnet with one address per node (`testnet --hosts`), whose nodes are started
+    /// under `wrap(i)` (e.g. inside node i's network namespace).
+    pub fn on_hosts(
+        protocol: &str,
+        hosts: &[String],
+        base: u16,
+        wrap: impl Fn(usize) -> Vec<String> + 'static,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = hosts.len();
+        let out = Command::new(bin())
+            .args(["testnet", "--protocol", protocol, "--nodes", &n.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--hosts", &hosts.join(",")])
+            .args(["--base-port", &base.to_string()])
+            .output()
+            .expect("run testnet");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cluster {
+            dir,
+            n,
+            base,
+            children: (0..n).map(|_| None).collect(),
+            hosts: Some(hosts.to_vec()),
+            wrap: Some(Box::new(wrap)),
         }
     }
 
@@ -97,7 +137,10 @@ impl Cluster {
     }
 
     pub fn api(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.base as usize + self.n + i)
+        match &self.hosts {
+            Some(h) => format!("{}:{}", h[i], self.base + 1),
+            None => format!("127.0.0.1:{}", self.base as usize + self.n + i),
+        }
     }
 
     pub fn start(&mut self, i: usize) {
@@ -106,7 +149,16 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("node-{i}.log")))
             .expect("log file");
-        let child = Command::new(bin())
+        let mut cmd = match &self.wrap {
+            Some(wrap) => {
+                let prefix = wrap(i);
+                let mut c = Command::new(&prefix[0]);
+                c.args(&prefix[1..]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(self.node_dir(i).join("node.toml"))
@@ -159,7 +211,10 @@ impl Cluster {
 
     /// The p2p address of node `i`.
     pub fn p2p(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.base as usize + i)
+        match &self.hosts {
+            Some(h) => format!("{}:{}", h[i], self.base),
+            None => format!("127.0.0.1:{}", self.base as usize + i),
+        }
     }
 
     pub fn log(&self, i: usize) -> String {

@@ -11,7 +11,7 @@ use faultline_net::{Inbound, NetHandle, SendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{NodeStatus, Shared};
-use crate::engine::{drive, Engine, EngineError, ProposeError};
+use crate::engine::{drive, Engine, EngineError, NodeId, ProposeError};
 use crate::ledger::{Tx, TxRecord};
 use crate::store::AppliedBlock;
 
@@ -56,7 +56,14 @@ struct State {
     reads: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
     next_read: u64,
     leader_changes_seen: u64,
+    /// Since when this node has seen fewer connected peers than a quorum needs (logged once
+    /// after a grace period, so that startup and a peer's restart are not noise).
+    below_quorum_since: Option<Instant>,
+    below_quorum_logged: bool,
 }
+
+/// How long a node may lack a quorum of connections before it says so.
+const BELOW_QUORUM_GRACE: Duration = Duration::from_secs(3);
 
 impl Driver {
     /// Runs until shutdown is signalled or the network stops. A store failure ends the node:
@@ -67,6 +74,8 @@ impl Driver {
             reads: HashMap::new(),
             next_read: 1,
             leader_changes_seen: self.engine.leader_changes(),
+            below_quorum_since: None,
+            below_quorum_logged: false,
         };
         let mut ticks: u64 = 0;
         // Ticks are due by the clock, checked every round: a busy inbound stream must not
@@ -265,6 +274,7 @@ impl Driver {
             st.leader_changes_seen = changes;
         }
         m.peers_connected.set(peers as i64);
+        self.watch_quorum(st, peers);
         let mut s = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = head {
             m.ledger_height.set(h.height as i64);
@@ -274,6 +284,44 @@ impl Driver {
         s.engine = status;
         s.peers_connected = peers;
         s.block_sync = self.engine.block_sync();
+    }
+}
+
+impl Driver {
+    /// Logs when this node cannot reach enough peers to commit, and when it can again.
+    fn watch_quorum(&self, st: &mut State, peers: usize) {
+        let cluster = &self.shared.cluster;
+        let n = cluster.nodes.len();
+        let quorum = cluster.protocol.quorum(n);
+        if peers + 1 >= quorum {
+            if st.below_quorum_logged {
+                tracing::info!(
+                    peers_connected = peers,
+                    quorum,
+                    "quorum of connections restored"
+                );
+            }
+            st.below_quorum_since = None;
+            st.below_quorum_logged = false;
+            return;
+        }
+        let since = *st.below_quorum_since.get_or_insert_with(Instant::now);
+        if !st.below_quorum_logged && since.elapsed() >= BELOW_QUORUM_GRACE {
+            st.below_quorum_logged = true;
+            let unreachable: Vec<NodeId> = cluster
+                .nodes
+                .iter()
+                .map(|p| p.id)
+                .filter(|&id| id != self.shared.id && !self.net.is_connected(id))
+                .collect();
+            tracing::warn!(
+                peers_connected = peers,
+                quorum,
+                ?unreachable,
+                "below quorum: this node reaches {} of the {quorum} nodes needed to commit; writes wait until peers are reachable",
+                peers + 1
+            );
+        }
     }
 }
 

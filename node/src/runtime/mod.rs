@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod http_server;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,8 +66,34 @@ fn parse_addr(s: &str, what: &str) -> Result<Multiaddr> {
         .with_context(|| format!("{what}: {s:?} is not a valid multiaddr"))
 }
 
-/// Runs the node described by `config_path` until SIGINT or SIGTERM.
-pub fn run(config_path: &Path) -> Result<()> {
+/// Binds `addr`'s port on `ip` instead of its own address: a node whose cluster.toml entry names
+/// the address peers reach it at (a public or NAT-ed address, a container's service address)
+/// listens on a local one (`faultline run --listen 0.0.0.0`).
+fn with_listen_ip(addr: &Multiaddr, ip: IpAddr) -> Result<Multiaddr> {
+    use faultline_net::multiaddr::Protocol as P;
+    let mut out = Multiaddr::empty();
+    let mut replaced = false;
+    for part in addr.iter() {
+        match part {
+            P::Ip4(_) | P::Ip6(_) | P::Dns(_) | P::Dns4(_) | P::Dns6(_) if !replaced => {
+                replaced = true;
+                out.push(match ip {
+                    IpAddr::V4(v4) => P::Ip4(v4),
+                    IpAddr::V6(v6) => P::Ip6(v6),
+                });
+            }
+            other => out.push(other),
+        }
+    }
+    if !replaced {
+        anyhow::bail!("own p2p address {addr} has no IP part for --listen to replace");
+    }
+    Ok(out)
+}
+
+/// Runs the node described by `config_path` until SIGINT or SIGTERM. `listen`, when given, is
+/// the local IP both the p2p and the API listeners bind (ports from cluster.toml).
+pub fn run(config_path: &Path, listen: Option<IpAddr>) -> Result<()> {
     let node = NodeConfig::load(config_path)?;
     let cluster = ClusterConfig::load(&node.cluster)?;
     let me = cluster
@@ -87,7 +114,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(node, cluster, me, key))
+    rt.block_on(run_async(node, cluster, me, key, listen))
 }
 
 async fn run_async(
@@ -95,6 +122,7 @@ async fn run_async(
     cluster: ClusterConfig,
     me: crate::config::NodeEntry,
     key: SigningKey,
+    listen_ip: Option<IpAddr>,
 ) -> Result<()> {
     let store = Arc::new(
         Store::open(&node.data_dir, &cluster.genesis)
@@ -131,8 +159,13 @@ async fn run_async(
             addr: parse_addr(&p.p2p, &format!("node {} p2p", p.id))?,
         });
     }
-    let listen = parse_addr(&me.p2p, "own p2p address")?;
-    let mut net_config = NetConfig::new(node.id, key.to_bytes(), listen, peers);
+    let mut listen = parse_addr(&me.p2p, "own p2p address")?;
+    let mut api_addr = me.api;
+    if let Some(ip) = listen_ip {
+        listen = with_listen_ip(&listen, ip)?;
+        api_addr.set_ip(ip);
+    }
+    let mut net_config = NetConfig::new(node.id, key.to_bytes(), listen.clone(), peers);
     // One budget for the transport and the cores: a frame the cores may produce is never
     // refused by the network, and the network never accepts more than the cores expect.
     net_config.max_frame_bytes = node.limits.max_message_bytes;
@@ -140,9 +173,9 @@ async fn run_async(
         .await
         .context("cannot start the network")?;
 
-    let listener = tokio::net::TcpListener::bind(me.api)
+    let listener = tokio::net::TcpListener::bind(api_addr)
         .await
-        .with_context(|| format!("cannot listen for the API on {}", me.api))?;
+        .with_context(|| format!("cannot listen for the API on {api_addr}"))?;
 
     let (cmd_tx, cmd_rx) = mpsc::channel(4096);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -194,8 +227,9 @@ async fn run_async(
     tracing::info!(
         id = node.id,
         protocol = %cluster.protocol,
-        api = %me.api,
-        p2p = %me.p2p,
+        api = %api_addr,
+        p2p = %listen,
+        advertised_p2p = %me.p2p,
         "node running"
     );
 
