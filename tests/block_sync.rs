@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use faultline_node::ledger::{Op, Tx};
-use support::{http, wait_for, Cluster, BIN};
+use support::{http, wait_for, Cluster};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -57,38 +56,6 @@ fn put_one(c: &Cluster, node: usize, key: &ed25519_dalek::SigningKey, seq: u64) 
     assert_eq!(code, 200, "{v}");
 }
 
-/// Sets `name = value` in table `[table]` of every node's node.toml.
-fn tweak_node_toml(c: &Cluster, table: &str, name: &str, value: &str) {
-    for i in 0..c.n {
-        let path = c.node_dir(i).join("node.toml");
-        let text = std::fs::read_to_string(&path).expect("node.toml");
-        let mut doc: toml::Table = toml::from_str(&text).expect("parse node.toml");
-        let t = doc
-            .entry(table)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(t) = t else {
-            panic!("[{table}] is not a table")
-        };
-        t.insert(
-            name.into(),
-            toml::Value::Integer(value.parse().expect("int")),
-        );
-        std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write node.toml");
-    }
-}
-
-fn verify(c: &Cluster, i: usize) -> String {
-    let out = Command::new(BIN)
-        .arg("verify")
-        .arg("--data")
-        .arg(c.node_dir(i).join("data"))
-        .output()
-        .expect("verify");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "node {i}: {stdout}");
-    stdout
-}
-
 #[test]
 fn a_request_larger_than_a_frame_commits_as_several_blocks_and_the_cluster_keeps_committing() {
     let mut c = Cluster::raft(3);
@@ -120,8 +87,8 @@ fn a_request_larger_than_a_frame_commits_as_several_blocks_and_the_cluster_keeps
 fn a_follower_behind_compaction_with_a_large_ledger_catches_up_by_block_sync_across_kill_9() {
     let mut c = Cluster::raft(3);
     // Compact often, and a small message budget so block sync takes many round trips.
-    tweak_node_toml(&c, "timing", "compact_every", "4");
-    tweak_node_toml(&c, "limits", "max_message_bytes", "262144");
+    c.set_node_toml("timing", "compact_every", 4);
+    c.set_node_toml("limits", "max_message_bytes", 262144);
     c.start_all();
     let all = [0, 1, 2];
     let leader = c.wait_leader(&all, T);
@@ -215,7 +182,7 @@ fn a_follower_behind_compaction_with_a_large_ledger_catches_up_by_block_sync_acr
         c.kill(i);
     }
     for i in all {
-        let out = verify(&c, i);
+        let out = c.verify(i);
         assert!(
             out.starts_with(&format!("ok height={h}")),
             "node {i}: {out}"

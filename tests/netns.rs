@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use faultline_node::ledger::{Op, Tx};
-use support::{http, Cluster, BIN};
+use support::{http, Cluster};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -132,21 +132,6 @@ fn put(c: &Cluster, via: &[usize], key: &ed25519_dalek::SigningKey, seq: u64) ->
     panic!("put {seq} was never acknowledged: {last}");
 }
 
-fn verify(c: &Cluster, i: usize) {
-    let out = Command::new(BIN)
-        .arg("verify")
-        .arg("--data")
-        .arg(c.node_dir(i).join("data"))
-        .output()
-        .expect("verify");
-    assert!(
-        out.status.success(),
-        "verify node {i}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The partition, kill -9 and checks shared by both protocols. `cut` is the node whose link goes
 /// down, `crash` the one killed afterwards.
 fn partition_and_crash(protocol: &str, third_octet: u32, cut: usize, crash: usize) {
@@ -158,15 +143,7 @@ fn partition_and_crash(protocol: &str, third_octet: u32, cut: usize, crash: usiz
     let net = Netns::up(&protocol[..1], n, third_octet);
     let mut c = net.cluster(protocol);
     // Short checkpoint intervals, so a PBFT replica behind catches up within the test.
-    for i in 0..n {
-        let path = c.node_dir(i).join("node.toml");
-        let text = std::fs::read_to_string(&path).expect("node.toml");
-        let mut doc: toml::Table = toml::from_str(&text).expect("toml");
-        if let Some(toml::Value::Table(t)) = doc.get_mut("timing") {
-            t.insert("checkpoint_interval".into(), toml::Value::Integer(8));
-        }
-        std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write node.toml");
-    }
+    c.set_node_toml("timing", "checkpoint_interval", 8);
     c.start_all();
     let all: Vec<usize> = (0..n).collect();
     let key = c.client_key();
@@ -252,7 +229,7 @@ fn partition_and_crash(protocol: &str, third_octet: u32, cut: usize, crash: usiz
     }
     for i in 0..n {
         assert!(c.terminate(i), "node {i} did not shut down cleanly");
-        verify(&c, i);
+        c.verify(i);
     }
     drop(c);
     drop(net);

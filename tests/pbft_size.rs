@@ -9,33 +9,15 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use faultline_node::ledger::{Op, Tx};
 use serde_json::Value;
-use support::{http, http_raw, wait_for, Cluster, BIN};
+use support::{http, http_raw, wait_for, Cluster};
 
 const T: Duration = Duration::from_secs(60);
 /// The smallest budget a node accepts (`MIN_MAX_MESSAGE_BYTES`).
 const BUDGET: usize = 262_144;
-
-/// Sets `name = value` in table `[table]` of every node's node.toml.
-fn tweak_node_toml(c: &Cluster, table: &str, name: &str, value: i64) {
-    for i in 0..c.n {
-        let path = c.node_dir(i).join("node.toml");
-        let text = std::fs::read_to_string(&path).expect("node.toml");
-        let mut doc: toml::Table = toml::from_str(&text).expect("parse node.toml");
-        let t = doc
-            .entry(table)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(t) = t else {
-            panic!("[{table}] is not a table")
-        };
-        t.insert(name.into(), toml::Value::Integer(value));
-        std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write node.toml");
-    }
-}
 
 /// The primary every node in `nodes` agrees on, out of view change.
 fn wait_primary(c: &Cluster, nodes: &[usize], timeout: Duration) -> usize {
@@ -128,19 +110,6 @@ fn log_tails(c: &Cluster) -> String {
     out
 }
 
-fn verify(c: &Cluster, i: usize) -> String {
-    let out = Command::new(BIN)
-        .arg("verify")
-        .arg("--data")
-        .arg(c.node_dir(i).join("data"))
-        .output()
-        .expect("verify");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "node {i}: {stdout}{stderr}");
-    stdout
-}
-
 /// Every node in `nodes` serves every block 1..=h, with the same hash.
 fn same_chain(c: &Cluster, nodes: &[usize], h: u64) {
     for b in 1..=h {
@@ -191,8 +160,8 @@ fn no_oversized_sends(c: &Cluster, nodes: &[usize]) {
 fn after_many_blocks_of_600_puts_the_survivors_of_a_killed_primary_change_view_and_keep_committing()
 {
     let mut c = Cluster::pbft(4);
-    tweak_node_toml(&c, "limits", "max_message_bytes", BUDGET as i64);
-    tweak_node_toml(&c, "timing", "checkpoint_interval", 8);
+    c.set_node_toml("limits", "max_message_bytes", BUDGET as i64);
+    c.set_node_toml("timing", "checkpoint_interval", 8);
     c.start_all();
     let all = [0, 1, 2, 3];
     let primary = wait_primary(&c, &all, T);
@@ -250,8 +219,8 @@ fn after_many_blocks_of_600_puts_the_survivors_of_a_killed_primary_change_view_a
 #[test]
 fn a_replica_several_checkpoints_behind_catches_up_by_chunked_state_transfer_across_kill_9() {
     let mut c = Cluster::pbft(4);
-    tweak_node_toml(&c, "limits", "max_message_bytes", BUDGET as i64);
-    tweak_node_toml(&c, "timing", "checkpoint_interval", 4);
+    c.set_node_toml("limits", "max_message_bytes", BUDGET as i64);
+    c.set_node_toml("timing", "checkpoint_interval", 4);
     c.start_all();
     let all = [0, 1, 2, 3];
     let primary = wait_primary(&c, &all, T);
@@ -347,7 +316,7 @@ fn a_replica_several_checkpoints_behind_catches_up_by_chunked_state_transfer_acr
         c.kill(i);
     }
     for i in all {
-        let out = verify(&c, i);
+        let out = c.verify(i);
         assert!(
             out.starts_with(&format!("ok height={h}")),
             "node {i}: {out}"

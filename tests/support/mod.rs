@@ -262,6 +262,37 @@ impl Cluster {
         })
     }
 
+    /// Sets `name = value` in table `[table]` of every node's node.toml (before start).
+    pub fn set_node_toml(&self, table: &str, name: &str, value: i64) {
+        for i in 0..self.n {
+            let path = self.node_dir(i).join("node.toml");
+            let text = std::fs::read_to_string(&path).expect("node.toml");
+            let mut doc: toml::Table = toml::from_str(&text).expect("parse node.toml");
+            let t = doc
+                .entry(table)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(t) = t else {
+                panic!("[{table}] is not a table")
+            };
+            t.insert(name.into(), toml::Value::Integer(value));
+            std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write node.toml");
+        }
+    }
+
+    /// `faultline verify` on node `i`'s data dir; panics unless it says ok. Returns stdout.
+    pub fn verify(&self, i: usize) -> String {
+        let out = Command::new(BIN)
+            .arg("verify")
+            .arg("--data")
+            .arg(self.node_dir(i).join("data"))
+            .output()
+            .expect("verify");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "verify node {i}: {stdout}{stderr}");
+        stdout
+    }
+
     pub fn client_key(&self) -> ed25519_dalek::SigningKey {
         self.client_key_n(0)
     }
