@@ -26,7 +26,14 @@ pub struct ByzantinePbft {
     keys: Vec<VerifyingKey>,
     extra: Vec<Outgoing>,
     ticks: u64,
+    /// (view, seq, digest, replica) an equivocator already answered with matching votes, so
+    /// that it answers once per digest and replica rather than once per message.
+    answered: std::collections::HashSet<(u64, u64, [u8; 32], NodeId)>,
 }
+
+/// How many answered votes an equivocator remembers before it forgets them all (a forgotten
+/// one is merely answered again, and a correct replica ignores the duplicate).
+const MAX_REMEMBERED_VOTES: usize = 16_384;
 
 impl ByzantinePbft {
     pub fn new(
@@ -45,6 +52,7 @@ impl ByzantinePbft {
             keys,
             extra: Vec::new(),
             ticks: 0,
+            answered: Default::default(),
         }
     }
 
@@ -123,6 +131,9 @@ impl ByzantinePbft {
                 _ => Some(m),
             },
             ByzantineMode::Equivocate => match payload {
+                // As voter it tells each replica what that replica wants to hear (see
+                // `answer_votes`), so its honest votes would only contradict that.
+                Payload::Prepare(_) | Payload::Commit(_) => None,
                 // As primary: a different batch for the same (view, seq) to half the backups.
                 Payload::Proposal(mut p) if m.to % 2 == 1 => {
                     let Ok(Payload::PrePrepare(mut pp)) = decode_payload(&p.pre_prepare.payload)
@@ -141,6 +152,52 @@ impl ByzantinePbft {
                 _ => Some(m),
             },
             ByzantineMode::AckWithoutStore | ByzantineMode::Disrupt => Some(m),
+        }
+    }
+
+    /// The equivocating voter: whoever shows it a digest (in a PREPARE or COMMIT) gets a
+    /// matching PREPARE and COMMIT back, sent to that replica alone. With at most f such
+    /// replicas this changes nothing: a correct replica still needs 2f + 1 votes, so f + 1 of
+    /// them are correct, and two quorums share a correct replica that voted once (PBFT §4.2,
+    /// quorum intersection). With f + 1 of them (two of four, one the primary sending each half
+    /// of the backups another batch) each half gathers its own 2f + 1 and the correct replicas
+    /// commit different blocks at one height: `faultline demo`'s proof that the bound n ≥ 3f + 1
+    /// is tight.
+    fn answer_votes(&mut self, bytes: &[u8]) {
+        let (view, seq, digest, to) = match decode_and_verify(bytes, &self.keys) {
+            Ok((Payload::Prepare(p), _)) => (p.view, p.seq, p.digest, p.replica),
+            Ok((Payload::Commit(c), _)) => (c.view, c.seq, c.digest, c.replica),
+            _ => return,
+        };
+        if to == self.id || to >= self.n {
+            return;
+        }
+        if self.answered.len() >= MAX_REMEMBERED_VOTES {
+            self.answered.clear();
+        }
+        if !self.answered.insert((view, seq, digest, to)) {
+            return;
+        }
+        let replica = self.id;
+        for vote in [
+            Payload::Prepare(Prepare {
+                view,
+                seq,
+                digest,
+                replica,
+            }),
+            Payload::Commit(Commit {
+                view,
+                seq,
+                digest,
+                replica,
+            }),
+        ] {
+            self.extra.push(Outgoing {
+                to,
+                kind: vote.kind(),
+                bytes: sign(&vote, &self.key).into(),
+            });
         }
     }
 
@@ -165,10 +222,10 @@ impl Engine for ByzantinePbft {
     }
 
     fn on_message(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), Rejected> {
-        if matches!(
-            self.mode,
-            ByzantineMode::Equivocate | ByzantineMode::AckWithoutStore
-        ) {
+        if self.mode == ByzantineMode::Equivocate {
+            self.answer_votes(bytes);
+        }
+        if self.mode == ByzantineMode::AckWithoutStore {
             // Vote for every digest seen, without checking the batch.
             let header = match decode_and_verify(bytes, &self.keys) {
                 Ok((Payload::PrePrepare(pp), _)) => Some(pp),
