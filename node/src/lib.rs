@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod faults;
 pub mod fuzzing;

@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::config::Protocol;
-use crate::faults::{ByzantineMode, ByzantineSpec};
+use crate::faults::ByzantineSpec;
 use crate::workload::{self, WorkloadSpec};
 
 /// How long a cluster may take to elect a leader and connect.
@@ -389,75 +389,6 @@ pub fn local(sc: Scenario, json: bool) -> Result<bool> {
         outln!("{}", s.row());
     }
     Ok(s.safe())
-}
-
-/// `faultline demo`: normal, crash and Byzantine runs of both protocols, side by side.
-pub fn demo(dir: Option<PathBuf>) -> Result<()> {
-    let duration = Duration::from_secs(6);
-    let mut scenarios = Vec::new();
-    for (proto, n) in [(Protocol::Pbft, 4), (Protocol::Raft, 3)] {
-        let mut normal = Scenario::new(proto, n, duration);
-        normal.name = "normal".into();
-        let mut crash = normal.clone();
-        crash.name = "crash".into();
-        crash.crash = vec![FaultAt {
-            target: Target::Leader,
-            at: 2.0,
-        }];
-        crash.restart = vec![FaultAt {
-            target: Target::Leader,
-            at: 4.0,
-        }];
-        let mut byz = normal.clone();
-        byz.name = "byzantine".into();
-        // Node 0 is PBFT's primary of view 0, and the eager Raft leader.
-        byz.byzantine = vec![ByzantineSpec {
-            node: 0,
-            mode: ByzantineMode::Equivocate,
-        }];
-        scenarios.extend([normal, crash, byz]);
-    }
-    // Side by side: pbft then raft within each scenario.
-    scenarios.sort_by_key(|s| match s.name.as_str() {
-        "normal" => 0,
-        "crash" => 1,
-        _ => 2,
-    });
-    let total = scenarios.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let started = Instant::now();
-    let rows = block_on_interruptible(async {
-        let mut rows = Vec::new();
-        for (k, mut sc) in scenarios.into_iter().enumerate() {
-            if let Some(d) = &dir {
-                sc.dir = Some(d.join(format!("{k}-{}-{}", sc.name, sc.protocol)));
-            }
-            bar.set_message(format!("{} {} ({})", sc.name, sc.protocol, sc.faults()));
-            let s = run_scenario(&sc).await?;
-            bar.println(s.row());
-            bar.inc(1);
-            rows.push(s);
-        }
-        Ok(rows)
-    });
-    bar.finish_and_clear();
-    let rows = rows?;
-    outln!();
-    outln!("{}", Summary::header());
-    for r in &rows {
-        outln!("{}", r.row());
-    }
-    outln!(
-        "\n{} scenarios in {:.0} s. PBFT (n=4, f=1) keeps one ledger with a crashed or an equivocating primary; Raft survives the crash but trusts its leader, so an equivocating Raft leader forks the correct followers (UNSAFE is the expected result).",
-        rows.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

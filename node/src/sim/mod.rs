@@ -27,10 +27,9 @@ use checker::{Checker, Violation};
 
 /// Simulated microseconds per tick (Timing::tick_ms = 10).
 const TICK_US: u64 = 10_000;
-/// Ticks at the end of a run with no faults, for liveness after stabilisation.
+/// Ticks at the end of a run with no faults, for liveness after stabilisation (the default
+/// of `SimConfig::heal_ticks`; the last third of them quiet).
 const HEAL_TICKS: u64 = 600;
-/// Of those, the last ticks are quiet (no new client requests) so correct nodes converge.
-const QUIET_TICKS: u64 = 200;
 /// A client retries a request it has no answer for after this long (µs).
 const CLIENT_RETRY_US: u64 = 300_000;
 const CLIENT_INTERVAL_US: u64 = 20_000;
@@ -58,6 +57,9 @@ pub struct SimConfig {
     /// The large-message workload: one operation in four is a put of a 16–60 KB value, so
     /// batches are cut by bytes, blocks are big and block sync spans many messages.
     pub large_values: bool,
+    /// Ticks without faults after the fault phase: the last third quiet (no new client
+    /// requests) so that correct nodes converge. Liveness is judged over this phase.
+    pub heal_ticks: u64,
 }
 
 impl SimConfig {
@@ -74,6 +76,7 @@ impl SimConfig {
             clients: 2,
             max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             large_values: false,
+            heal_ticks: HEAL_TICKS,
         }
     }
 }
@@ -906,8 +909,10 @@ impl Sim {
     /// (for audits in tests).
     pub fn run_with_stores(mut self) -> Result<(SimReport, Vec<Store>), SimError> {
         let heal_at = self.cfg.steps * TICK_US;
-        let quiet_at = heal_at + (HEAL_TICKS - QUIET_TICKS) * TICK_US;
-        let end = heal_at + HEAL_TICKS * TICK_US;
+        let heal_ticks = self.cfg.heal_ticks.max(3);
+        let quiet_ticks = heal_ticks / 3;
+        let quiet_at = heal_at + (heal_ticks - quiet_ticks) * TICK_US;
+        let end = heal_at + heal_ticks * TICK_US;
         let mut height_at_heal = 0;
         while let Some(Reverse(ev)) = self.queue.pop() {
             if ev.at > end {
