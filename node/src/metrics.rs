@@ -12,6 +12,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
+/// `{peer="<id>",type="<kind>"}` without allocating per message (the hot path counts every
+/// message it sends and receives).
+pub type PeerLabels = ([(&'static str, u64); 1], [(&'static str, &'static str); 1]);
 
 /// Every metric the node exports; shared by the driver (which updates it) and the API (which
 /// encodes it on `GET /metrics`).
@@ -34,6 +37,11 @@ pub struct Metrics {
     /// Beyond SPEC: messages the transport dropped (send queue full, stream failed); the
     /// protocols retransmit, so these cost latency, not safety.
     pub dropped: Family<Labels, Counter>,
+    /// Beyond SPEC's per-type totals: the same messages by the peer they went to or came from,
+    /// so that a live view can draw traffic between every pair of nodes. The per-type totals
+    /// above stay as they are (scripts and `local` sum them).
+    pub peer_sent: Family<PeerLabels, Counter>,
+    pub peer_received: Family<PeerLabels, Counter>,
     /// Transport-level rejections already folded into `rejected` (the transport keeps totals).
     net_rejected_seen: Mutex<BTreeMap<&'static str, u64>>,
     /// Transport drop totals already folded into `dropped`: [queue_full, send_failed].
@@ -127,6 +135,18 @@ impl Metrics {
             "Outgoing messages dropped by the transport, by reason (queue_full, send_failed)",
             dropped.clone(),
         );
+        let peer_sent = Family::<PeerLabels, Counter>::default();
+        let peer_received = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "faultline_peer_messages_sent",
+            "Protocol messages queued to each peer, by peer id and type",
+            peer_sent.clone(),
+        );
+        registry.register(
+            "faultline_peer_messages_received",
+            "Protocol messages received from each peer, by peer id and type",
+            peer_received.clone(),
+        );
         let api_refused = Counter::default();
         registry.register(
             "faultline_api_connections_refused",
@@ -149,20 +169,28 @@ impl Metrics {
             leader_changes,
             view_changes,
             peers_connected,
+            peer_sent,
+            peer_received,
             net_rejected_seen: Mutex::new(BTreeMap::new()),
             net_dropped_seen: Mutex::new([0; 2]),
         }
     }
 
-    pub fn count_sent(&self, kind: &'static str, bytes: usize) {
+    pub fn count_sent(&self, to: u64, kind: &'static str, bytes: usize) {
         self.sent.get_or_create(&vec![("type", kind)]).inc();
+        self.peer_sent
+            .get_or_create(&([("peer", to)], [("type", kind)]))
+            .inc();
         self.sent_bytes
             .get_or_create(&vec![("type", kind)])
             .inc_by(bytes as u64);
     }
 
-    pub fn count_received(&self, kind: &'static str) {
+    pub fn count_received(&self, from: u64, kind: &'static str) {
         self.received.get_or_create(&vec![("type", kind)]).inc();
+        self.peer_received
+            .get_or_create(&([("peer", from)], [("type", kind)]))
+            .inc();
     }
 
     pub fn count_rejected(&self, reason: &'static str, n: u64) {

@@ -129,7 +129,7 @@ impl Driver {
             for m in messages {
                 let len = m.bytes.len();
                 match self.net.send(m.to, m.kind, m.bytes) {
-                    Ok(()) => self.shared.metrics.count_sent(m.kind, len),
+                    Ok(()) => self.shared.metrics.count_sent(m.to, m.kind, len),
                     Err(SendError::QueueFull) => {
                         tracing::debug!(to = m.to, kind = m.kind, "send queue full; dropped")
                     }
@@ -157,7 +157,7 @@ impl Driver {
 
     fn on_inbound(&mut self, m: Inbound) {
         let kind = self.engine.message_kind(&m.bytes);
-        self.shared.metrics.count_received(kind);
+        self.shared.metrics.count_received(m.from, kind);
         if let Err(r) = self.engine.on_message(m.from, &m.bytes) {
             tracing::debug!(from = m.from, reason = r.reason, "message rejected");
             self.shared.metrics.count_rejected(r.reason, 1);
