@@ -23,6 +23,10 @@
 //! written when it dropped is lost (counted in [`NetStats::dropped_send_failed`]). Consensus
 //! protocols retransmit, so the transport never retries on its own.
 //!
+//! * [`NetHandle::set_blocked`] cuts this node off from a set of peers at run time (a test
+//!   partition): their connections are closed, redials stop, their handshakes are refused and
+//!   messages to them are dropped ([`SendError::Blocked`]) until they are unblocked.
+//!
 //! The transport does not know message types on receive (the bytes are opaque): per-type receive
 //! counters belong to the engine driver, after decoding.
 //!
@@ -197,6 +201,10 @@ pub enum SendError {
     /// The network has been shut down.
     #[error("network is shut down")]
     Closed,
+    /// The peer is blocked by [`NetHandle::set_blocked`] (a test partition); the message is
+    /// dropped, as a cut link would lose it.
+    #[error("the peer is partitioned away")]
+    Blocked,
     /// The message is larger than `max_frame_bytes`.
     #[error("message of {len} bytes exceeds the {max}-byte frame limit")]
     TooLarge { len: usize, max: usize },
@@ -245,6 +253,8 @@ pub(crate) struct Shared {
     pub(crate) inbound_budgets: HashMap<NodeId, Arc<tokio::sync::Semaphore>>,
     pub(crate) peer_buffer_bytes: usize,
     connected: HashMap<NodeId, AtomicBool>,
+    /// Peers cut off by [`NetHandle::set_blocked`].
+    blocked: HashMap<NodeId, AtomicBool>,
     pub(crate) max_frame_bytes: usize,
     connected_peers: AtomicUsize,
     pub(crate) received_msgs: AtomicU64,
@@ -265,6 +275,7 @@ impl Shared {
             inbound_budgets: HashMap::new(),
             peer_buffer_bytes: max_frame_bytes,
             connected: HashMap::new(),
+            blocked: HashMap::new(),
             max_frame_bytes,
             connected_peers: AtomicUsize::new(0),
             received_msgs: AtomicU64::new(0),
@@ -307,6 +318,8 @@ pub(crate) enum Ctrl {
         connection: ConnectionId,
     },
     Shutdown(Option<oneshot::Sender<()>>),
+    /// Cut off exactly these peers (and reconnect every other one).
+    SetBlocked(std::collections::BTreeSet<NodeId>),
 }
 
 /// Sends `Shutdown` when the last [`NetHandle`] clone is dropped.
@@ -332,6 +345,14 @@ impl NetHandle {
     /// per-type counters (e.g. `"prepare"`).
     pub fn send(&self, to: NodeId, kind: &'static str, bytes: Arc<[u8]>) -> Result<(), SendError> {
         let queue = self.shared.queues.get(&to).ok_or(SendError::UnknownPeer)?;
+        if self
+            .shared
+            .blocked
+            .get(&to)
+            .is_some_and(|b| b.load(Ordering::Relaxed))
+        {
+            return Err(SendError::Blocked);
+        }
         let max = self.shared.max_frame_bytes;
         if bytes.len() > max {
             return Err(SendError::TooLarge {
@@ -394,6 +415,30 @@ impl NetHandle {
             .queues
             .get(&peer)
             .map(|q| q.max_capacity() - q.capacity())
+    }
+
+    /// Cuts this node off from exactly `peers` (an empty set heals): their connections close,
+    /// they are neither dialled nor accepted, and messages to them are dropped. Unknown ids are
+    /// ignored. Used for partitions in test clusters (`faultline local --ui`); the other side
+    /// is normally told the same, so the cut is two-sided.
+    pub fn set_blocked(&self, peers: std::collections::BTreeSet<NodeId>) {
+        for (id, b) in &self.shared.blocked {
+            b.store(peers.contains(id), Ordering::Relaxed);
+        }
+        let _ = self.ctrl.0.send(Ctrl::SetBlocked(peers));
+    }
+
+    /// The peers currently cut off by [`NetHandle::set_blocked`], in id order.
+    pub fn blocked(&self) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = self
+            .shared
+            .blocked
+            .iter()
+            .filter(|(_, b)| b.load(Ordering::Relaxed))
+            .map(|(&id, _)| id)
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// The addresses the node listens on (with the actual port when the config asked for port 0).
@@ -575,6 +620,11 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
             .iter()
             .map(|p| (p.id, AtomicBool::new(false)))
             .collect(),
+        blocked: config
+            .peers
+            .iter()
+            .map(|p| (p.id, AtomicBool::new(false)))
+            .collect(),
         listen_addrs: Mutex::new(vec![first_addr]),
         ..Shared::detached(config.max_frame_bytes)
     });
@@ -649,6 +699,7 @@ impl Driver {
                         tracing::debug!(peer = node, "closing connection after stream failure");
                         self.swarm.close_connection(connection);
                     }
+                    Some(Ctrl::SetBlocked(peers)) => self.set_blocked(&peers),
                     Some(Ctrl::Shutdown(ack)) => {
                         self.stop(ack).await;
                         return;
@@ -690,6 +741,34 @@ impl Driver {
         }
     }
 
+    /// Applies a partition: a blocked peer leaves the allow-list (libp2p closes its
+    /// connections at once and refuses its handshakes) and is not redialled; an unblocked one
+    /// is allowed again and, if this node is its dialer, dialled now.
+    fn set_blocked(&mut self, blocked: &std::collections::BTreeSet<NodeId>) {
+        let now = Instant::now();
+        for (&id, p) in self.peers.iter_mut() {
+            if blocked.contains(&id) {
+                if self.swarm.behaviour_mut().allow.disallow_peer(p.peer_id) {
+                    tracing::warn!(node = self.id, peer = id, "partitioned from peer");
+                }
+                p.next_dial = None;
+            } else if self.swarm.behaviour_mut().allow.allow_peer(p.peer_id) {
+                tracing::warn!(node = self.id, peer = id, "partition from peer healed");
+                if p.dialer && p.connections == 0 {
+                    p.backoff = REDIAL_MIN;
+                    p.next_dial = Some(now);
+                }
+            }
+        }
+    }
+
+    fn is_blocked(&self, node: NodeId) -> bool {
+        self.shared
+            .blocked
+            .get(&node)
+            .is_some_and(|b| b.load(Ordering::Relaxed))
+    }
+
     fn dial_due(&mut self) {
         let now = Instant::now();
         for (&id, p) in self.peers.iter_mut() {
@@ -713,6 +792,9 @@ impl Driver {
     }
 
     fn schedule_redial(&mut self, node: NodeId) {
+        if self.is_blocked(node) {
+            return;
+        }
         if let Some(p) = self.peers.get_mut(&node) {
             if p.dialer && p.connections == 0 && p.next_dial.is_none() {
                 p.next_dial = Some(Instant::now() + p.backoff);
@@ -778,7 +860,10 @@ impl Driver {
                 send_back_addr,
                 ..
             } => {
-                if cause.downcast_ref::<NotAllowed>().is_some() {
+                let known = peer_id.and_then(|p| self.by_peer_id.get(&p).copied());
+                if let Some(node) = known.filter(|&n| self.is_blocked(n)) {
+                    tracing::debug!(node = self.id, peer = node, "refused connection from a partitioned peer");
+                } else if cause.downcast_ref::<NotAllowed>().is_some() {
                     tracing::warn!(node = self.id, peer = ?peer_id, addr = %send_back_addr, "refused connection from unknown peer");
                     self.shared.reject("unknown_peer");
                 } else {

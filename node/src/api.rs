@@ -34,7 +34,15 @@ const FORWARDED: &str = "x-faultline-forwarded";
 type AppState = Arc<Shared>;
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let admin = if shared.allow_partition {
+        Router::new().route(
+            "/v1/admin/partition",
+            get(get_partition).post(post_partition),
+        )
+    } else {
+        Router::new()
+    };
+    admin
         .route("/v1/tx", post(post_tx))
         .route("/v1/txs", post(post_txs))
         .route("/v1/kv/{key}", get(get_kv))
@@ -644,7 +652,18 @@ async fn get_status(State(shared): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn get_block(State(shared): State<AppState>, Path(height): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct BlockParam {
+    header: Option<bool>,
+}
+
+/// `?header=true` leaves out the transactions and the certificate: a live view compares block
+/// hashes across nodes twice a second and has no use for megabytes of transactions.
+async fn get_block(
+    State(shared): State<AppState>,
+    Path(height): Path<String>,
+    Query(param): Query<BlockParam>,
+) -> Response {
     let Ok(height) = height.parse::<u64>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -652,6 +671,13 @@ async fn get_block(State(shared): State<AppState>, Path(height): Path<String>) -
         );
     };
     match shared.store.block(height) {
+        Ok(Some(b)) if param.header == Some(true) => Json(json!({
+            "height": b.height,
+            "prev_hash": hex::encode(b.prev_hash),
+            "hash": hex::encode(b.hash),
+            "tx_count": b.txs.len(),
+        }))
+        .into_response(),
         Ok(Some(b)) => Json(b).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -659,6 +685,58 @@ async fn get_block(State(shared): State<AppState>, Path(height): Path<String>) -
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// `{"blocked":[ids]}`: the peers this node is cut off from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionBody {
+    blocked: Vec<u64>,
+}
+
+/// Only test clusters serve the admin route (`faultline run --allow-partition`, which `local`
+/// passes), and only to a client on this machine: the route lets its caller cut the node off
+/// from peers, which costs liveness only (a network attacker can do as much by dropping
+/// packets; agreement never depends on the network), but it is still not something a remote
+/// client of an API port open to anyone should be able to do. A loopback peer address cannot
+/// be forged over TCP, so the check is sound for the local clusters it serves.
+fn admin_allowed(peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>) -> bool {
+    peer.is_some_and(|axum::Extension(p)| p.0.ip().is_loopback())
+}
+
+async fn get_partition(
+    State(shared): State<AppState>,
+    peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>,
+) -> Response {
+    if !admin_allowed(peer) {
+        return error(StatusCode::FORBIDDEN, "the admin API answers loopback clients only");
+    }
+    Json(json!({ "blocked": shared.net.blocked() })).into_response()
+}
+
+/// Cuts this node off from the listed peers (an empty list heals); see
+/// `faultline_net::NetHandle::set_blocked`. The caller tells the other side too, for a
+/// two-sided cut.
+async fn post_partition(
+    State(shared): State<AppState>,
+    peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>,
+    body: Bytes,
+) -> Response {
+    if !admin_allowed(peer) {
+        return error(StatusCode::FORBIDDEN, "the admin API answers loopback clients only");
+    }
+    let req: PartitionBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"blocked\":[ids]}}: {e}")),
+    };
+    let known: std::collections::BTreeSet<u64> = req
+        .blocked
+        .into_iter()
+        .filter(|&id| id != shared.id && shared.cluster.node(id).is_some())
+        .collect();
+    tracing::warn!(blocked = ?known, "admin: partition set");
+    shared.net.set_blocked(known);
+    Json(json!({ "blocked": shared.net.blocked() })).into_response()
 }
 
 async fn get_metrics(State(shared): State<AppState>) -> Response {

@@ -75,6 +75,10 @@ enum Command {
         /// address is not a local interface (NAT, containers).
         #[arg(long, value_name = "IP")]
         listen: Option<IpAddr>,
+        /// Test clusters only: serve POST /v1/admin/partition to loopback clients, which cuts
+        /// the node off from the peers it names (`faultline local --ui` uses it).
+        #[arg(long, hide = true)]
+        allow_partition: bool,
     },
     /// Submit signed transactions to a cluster or query its nodes.
     Client {
@@ -171,6 +175,21 @@ enum Command {
         /// Seed of the nemesis schedule and the client workload (default: from the clock).
         #[arg(long, requires = "nemesis")]
         seed: Option<u64>,
+        /// Serve the live web view on ADDR (default 127.0.0.1:8080) and run until Ctrl-C with a
+        /// paced workload (--rate, default 100 tx/s) instead of --duration; the page can kill -9,
+        /// restart, partition and make Byzantine any node. Prints the safety audit on exit.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080",
+              conflicts_with_all = ["nemesis", "crash", "restart", "json"])]
+        ui: Option<std::net::SocketAddr>,
+    },
+    /// Serve the live web view of a running cluster (read-only: no controls) until Ctrl-C.
+    Ui {
+        /// The cluster's cluster.toml.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Address to serve the page on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// The showcase, under two minutes: a 4-node PBFT and a 3-node Raft cluster as real
     /// processes, each run normally, with its leader/primary crashed and restarted, and with an
@@ -361,6 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             nemesis,
             seed,
+            ui,
         } => {
             let n = nodes.unwrap_or(match protocol {
                 Protocol::Raft => 3,
@@ -398,12 +418,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sc.crash = crash;
             sc.restart = restart;
             sc.dir = dir;
-            let safe = crate::local::local(sc, json)?;
+            let safe = match ui {
+                Some(addr) => {
+                    crate::ui::local::run(sc, addr, rate.unwrap_or(crate::ui::local::DEFAULT_RATE))?
+                }
+                None => crate::local::local(sc, json)?,
+            };
             Ok(if safe {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_UNSAFE)
             })
+        }
+        Command::Ui { cluster, listen } => {
+            crate::ui::watch_cluster(&cluster, listen)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir } => {
             crate::demo::demo(dir)?;
@@ -480,8 +509,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, listen } => {
-            crate::runtime::run(&config, listen)?;
+        Command::Run {
+            config,
+            listen,
+            allow_partition,
+        } => {
+            crate::runtime::run(&config, listen, allow_partition)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client {

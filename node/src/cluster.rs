@@ -78,6 +78,8 @@ pub struct LocalCluster {
     children: Vec<Option<Child>>,
     exe: PathBuf,
     http: reqwest::Client,
+    /// Start nodes with `--allow-partition` (the live view's partition control).
+    allow_partition: bool,
 }
 
 /// `count` distinct loopback ports that were free a moment ago: all are bound at once (so the
@@ -162,6 +164,7 @@ impl LocalCluster {
             children: (0..spec.nodes).map(|_| None).collect(),
             exe: std::env::current_exe().map_err(ClusterError::Exe)?,
             http: http_client()?,
+            allow_partition: false,
         })
     }
 
@@ -237,10 +240,13 @@ impl LocalCluster {
             .map_err(|e| io_err(&log_path, e))?;
         let mut cmd = Command::new(&self.exe);
         die_with_parent(&mut cmd);
-        let child = cmd
-            .arg("run")
+        cmd.arg("run")
             .arg("--config")
-            .arg(self.dir.join(format!("node-{i}")).join("node.toml"))
+            .arg(self.dir.join(format!("node-{i}")).join("node.toml"));
+        if self.allow_partition {
+            cmd.arg("--allow-partition");
+        }
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("info".into()),
@@ -252,6 +258,55 @@ impl LocalCluster {
             .map_err(|source| ClusterError::Spawn { node: i, source })?;
         self.children[i] = Some(child);
         Ok(())
+    }
+
+    /// Nodes started from now on accept partition requests from loopback
+    /// (`faultline run --allow-partition`).
+    pub fn set_allow_partition(&mut self, on: bool) {
+        self.allow_partition = on;
+    }
+
+    /// Rewrites node `i`'s node.toml with `byzantine = MODE` (or without it) for its next start.
+    /// A Byzantine Raft node also gets a short election timeout, so that it takes over when the
+    /// leader fails: Raft trusts its leader, which is where a Byzantine node does its harm.
+    pub fn set_byzantine(
+        &mut self,
+        i: usize,
+        mode: Option<crate::faults::ByzantineMode>,
+    ) -> Result<(), ClusterError> {
+        let path = self.dir.join(format!("node-{i}")).join("node.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+        let mut node: NodeConfig = toml::from_str(&text).map_err(|e| io_err(&path, e))?;
+        node.byzantine = mode;
+        if self.config.protocol == Protocol::Raft {
+            let d = Timing::default();
+            (node.timing.election_ticks, node.timing.heartbeat_ticks) = match mode {
+                Some(_) => (6, 2),
+                None => (d.election_ticks, d.heartbeat_ticks),
+            };
+        }
+        let text = toml::to_string_pretty(&node).map_err(|e| io_err(&path, e))?;
+        std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
+        self.byzantine.retain(|&b| b != i as u64);
+        if mode.is_some() {
+            self.byzantine.push(i as u64);
+        }
+        Ok(())
+    }
+
+    /// Tells node `i` to cut itself off from exactly `blocked` (`POST /v1/admin/partition`);
+    /// whether it answered.
+    pub async fn set_blocked(&self, i: usize, blocked: &[u64]) -> bool {
+        let Some(node) = self.config.nodes.get(i) else {
+            return false;
+        };
+        self.http
+            .post(format!("http://{}/v1/admin/partition", node.api))
+            .json(&serde_json::json!({ "blocked": blocked }))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 
     /// SIGKILL: a crash, whatever the node had not fsynced is gone.

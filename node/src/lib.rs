@@ -30,5 +30,6 @@ pub mod runtime;
 pub mod sim;
 pub mod store;
 pub mod testnet;
+pub mod ui;
 pub mod verify;
 pub mod workload;

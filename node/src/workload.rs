@@ -350,3 +350,71 @@ async fn send_pbft(
         .map(|(h, (height, at))| (h, height, at))
         .collect()
 }
+
+/// The live view's load (`local --ui`): K clients sending put batches at `rate` transactions
+/// per second in total until `stop` turns true, each signing as it goes (there is no window to
+/// sign for in advance). A batch that cannot be committed within [`GRACE`] is given up and the
+/// client moves on with higher seqs, as a real client would.
+pub async fn run_until(
+    cluster: &ClusterConfig,
+    keys: Vec<SigningKey>,
+    rate: f64,
+    http: &reqwest::Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let k = keys.len().max(1);
+    let per_client_rate = (rate / k as f64).max(0.1);
+    // 20 requests per second per client at most, as in a paced `local` run.
+    let batch = ((per_client_rate / 20.0).ceil() as usize).max(1);
+    let interval = Duration::from_secs_f64(batch as f64 / per_client_rate);
+    let leader = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, key) in keys.into_iter().enumerate() {
+        let (cluster, http, leader) = (cluster.clone(), http.clone(), leader.clone());
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            let mut seq = 1u64;
+            let mut due = Instant::now();
+            let mut rep = WorkloadReport::default();
+            while !*stop.borrow() {
+                let txs: Vec<Tx> = (seq..seq + batch as u64)
+                    .map(|q| {
+                        Tx::sign(
+                            &key,
+                            q,
+                            Op::Put {
+                                key: format!("ui{c}-{q}"),
+                                value: format!("v{q}"),
+                            },
+                        )
+                    })
+                    .collect();
+                seq += batch as u64;
+                let b = Batch {
+                    body: serde_json::to_vec(&txs).unwrap_or_default().into(),
+                    hashes: txs.iter().map(Tx::hash).collect(),
+                };
+                let give_up = Instant::now() + GRACE;
+                let send = async {
+                    match cluster.protocol {
+                        Protocol::Raft => {
+                            send_raft(&cluster, &http, &leader, &b, give_up, &mut rep).await
+                        }
+                        Protocol::Pbft => send_pbft(&cluster, &http, &b, give_up, &mut rep).await,
+                    }
+                };
+                tokio::select! {
+                    _ = send => {}
+                    _ = stop.changed() => break,
+                }
+                // Behind schedule after a stall: carry on from now rather than burst.
+                due = (due + interval).max(Instant::now());
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}

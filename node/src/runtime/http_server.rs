@@ -29,6 +29,11 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a request has to deliver its body (16 MiB at most).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The TCP peer of the connection a request came on, as a request extension (the admin route
+/// answers only loopback peers).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serves `router` on `listener` until `shutdown` turns true. `on_refused` is called for each
 /// connection closed because the cap was reached (metrics).
 pub async fn serve(
@@ -47,7 +52,7 @@ pub async fn serve(
         };
         // Reap finished connection tasks so the set does not grow with history.
         while connections.try_join_next().is_some() {}
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors or a connection reset before accept: back off briefly
@@ -63,7 +68,8 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(PeerAddr(peer))));
         let mut stop = shutdown.clone();
         connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()

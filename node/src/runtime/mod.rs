@@ -50,6 +50,8 @@ pub struct Shared {
     /// The node's Byzantine mode (experiments): `corrupt` also makes the API answer reads
     /// with validly signed wrong values, the attack a PBFT client's read quorum must survive.
     pub byzantine: Option<crate::faults::ByzantineMode>,
+    /// `faultline run --allow-partition`: serve `POST /v1/admin/partition` to loopback peers.
+    pub allow_partition: bool,
 }
 
 impl Shared {
@@ -93,7 +95,7 @@ fn with_listen_ip(addr: &Multiaddr, ip: IpAddr) -> Result<Multiaddr> {
 
 /// Runs the node described by `config_path` until SIGINT or SIGTERM. `listen`, when given, is
 /// the local IP both the p2p and the API listeners bind (ports from cluster.toml).
-pub fn run(config_path: &Path, listen: Option<IpAddr>) -> Result<()> {
+pub fn run(config_path: &Path, listen: Option<IpAddr>, allow_partition: bool) -> Result<()> {
     let node = NodeConfig::load(config_path)?;
     let cluster = ClusterConfig::load(&node.cluster)?;
     let me = cluster
@@ -114,7 +116,7 @@ pub fn run(config_path: &Path, listen: Option<IpAddr>) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(node, cluster, me, key, listen))
+    rt.block_on(run_async(node, cluster, me, key, listen, allow_partition))
 }
 
 async fn run_async(
@@ -123,6 +125,7 @@ async fn run_async(
     me: crate::config::NodeEntry,
     key: SigningKey,
     listen_ip: Option<IpAddr>,
+    allow_partition: bool,
 ) -> Result<()> {
     let store = Arc::new(
         Store::open(&node.data_dir, &cluster.genesis)
@@ -202,6 +205,7 @@ async fn run_async(
         net: net.clone(),
         http,
         byzantine: node.byzantine,
+        allow_partition,
     });
     let driver = driver::Driver {
         engine,
