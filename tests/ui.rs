@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +19,55 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{bin, http, wait_for};
+
+/// One request to chromedriver. Unlike the harness's `http`, it reads the answer by its
+/// Content-Length: chromedriver keeps the connection open despite `Connection: close`.
+fn wd(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> Option<(u16, Value)> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let body = body.unwrap_or(b"");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (split, len) = loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..split])
+                .ok()?
+                .to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            break (split, len);
+        }
+    };
+    while buf.len() < split + 4 + len {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = std::str::from_utf8(&buf[..split]).ok()?;
+    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let end = (split + 4 + len).min(buf.len());
+    Some((
+        code,
+        serde_json::from_slice(&buf[split + 4..end]).unwrap_or(Value::Null),
+    ))
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -75,13 +124,14 @@ struct Browser {
     driver: Child,
     addr: String,
     session: Option<String>,
-    _profile: tempfile::TempDir,
+    /// The browser profile directory, removed when the browser is gone.
+    profile: tempfile::TempDir,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = http(&self.addr, "DELETE", &format!("/session/{s}"), None);
+            let _ = wd(&self.addr, "DELETE", &format!("/session/{s}"), None);
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -99,16 +149,21 @@ fn chromedriver() -> Option<PathBuf> {
 }
 
 fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 impl Browser {
     /// Starts chromedriver and a headless browser; Err(reason) if either cannot start.
     fn start() -> Result<Browser, String> {
-        let driver_bin = chromedriver().ok_or("no chromedriver (apt-get install chromium-driver)")?;
+        let driver_bin =
+            chromedriver().ok_or("no chromedriver (apt-get install chromium-driver)")?;
         let browser_bin = chromium().ok_or("no chromium (apt-get install chromium)")?;
         let port = free_port();
         let driver = Command::new(&driver_bin)
@@ -122,12 +177,10 @@ impl Browser {
             driver,
             addr: format!("127.0.0.1:{port}"),
             session: None,
-            _profile: profile,
+            profile,
         };
         let start = Instant::now();
-        while http(&b.addr, "GET", "/status", None)
-            .is_none_or(|(_, v)| v["value"]["ready"] != true)
-        {
+        while wd(&b.addr, "GET", "/status", None).is_none_or(|(_, v)| v["value"]["ready"] != true) {
             if start.elapsed() > Duration::from_secs(20) {
                 return Err("chromedriver did not become ready in 20 s".into());
             }
@@ -139,11 +192,11 @@ impl Browser {
                 "binary": browser_bin,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1500,1100",
-                         format!("--user-data-dir={}", b._profile.path().display())],
+                         format!("--user-data-dir={}", b.profile.path().display())],
             }
         }}});
         let body = serde_json::to_vec(&caps).map_err(|e| e.to_string())?;
-        let (code, v) = http(&b.addr, "POST", "/session", Some(&body))
+        let (code, v) = wd(&b.addr, "POST", "/session", Some(&body))
             .ok_or("chromedriver did not answer POST /session")?;
         let id = v["value"]["sessionId"].as_str().map(str::to_string);
         match (code, id) {
@@ -151,14 +204,17 @@ impl Browser {
                 b.session = Some(id);
                 Ok(b)
             }
-            _ => Err(format!("the browser did not start: {}", v["value"]["message"])),
+            _ => Err(format!(
+                "the browser did not start: {}",
+                v["value"]["message"]
+            )),
         }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Option<Value> {
         let s = self.session.as_ref()?;
         let bytes = body.map(|b| serde_json::to_vec(&b).unwrap_or_default());
-        let (code, v) = http(
+        let (code, v) = wd(
             &self.addr,
             method,
             &format!("/session/{s}{path}"),
@@ -279,9 +335,10 @@ fn the_page_shows_the_cluster_and_a_leader_kill_elects_another() {
     let top = before.iter().copied().max().unwrap_or(0);
     eprintln!("page: heights {before:?}, leader {leader}");
 
-    assert!(
-        browser.click(&format!("#kill-{leader}")),
-        "could not click kill on node {leader}"
+    wait_for(
+        Duration::from_secs(10),
+        "a click on the leader's kill",
+        || browser.click(&format!("#kill-{leader}")).then_some(()),
     );
     let (new_leader, after) = wait_for(
         Duration::from_secs(60),
@@ -330,5 +387,8 @@ fn the_page_shows_the_cluster_and_a_leader_kill_elects_another() {
     eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
 
     let (ok, out) = local.stop();
-    assert!(ok && out.contains("safe:"), "local --ui exit: {ok}, stdout:\n{out}");
+    assert!(
+        ok && out.contains("safe:"),
+        "local --ui exit: {ok}, stdout:\n{out}"
+    );
 }

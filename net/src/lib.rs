@@ -862,7 +862,11 @@ impl Driver {
             } => {
                 let known = peer_id.and_then(|p| self.by_peer_id.get(&p).copied());
                 if let Some(node) = known.filter(|&n| self.is_blocked(n)) {
-                    tracing::debug!(node = self.id, peer = node, "refused connection from a partitioned peer");
+                    tracing::debug!(
+                        node = self.id,
+                        peer = node,
+                        "refused connection from a partitioned peer"
+                    );
                 } else if cause.downcast_ref::<NotAllowed>().is_some() {
                     tracing::warn!(node = self.id, peer = ?peer_id, addr = %send_back_addr, "refused connection from unknown peer");
                     self.shared.reject("unknown_peer");

@@ -709,7 +709,10 @@ async fn get_partition(
     peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>,
 ) -> Response {
     if !admin_allowed(peer) {
-        return error(StatusCode::FORBIDDEN, "the admin API answers loopback clients only");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the admin API answers loopback clients only",
+        );
     }
     Json(json!({ "blocked": shared.net.blocked() })).into_response()
 }
@@ -723,11 +726,19 @@ async fn post_partition(
     body: Bytes,
 ) -> Response {
     if !admin_allowed(peer) {
-        return error(StatusCode::FORBIDDEN, "the admin API answers loopback clients only");
+        return error(
+            StatusCode::FORBIDDEN,
+            "the admin API answers loopback clients only",
+        );
     }
     let req: PartitionBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"blocked\":[ids]}}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"blocked\":[ids]}}: {e}"),
+            )
+        }
     };
     let known: std::collections::BTreeSet<u64> = req
         .blocked

@@ -303,7 +303,10 @@ impl Ui {
             self.get(addr, "/metrics").await?.text().await.ok()
         });
         let status: Value = status?.json().await.ok()?;
-        Some((status, metrics_text::parse(metrics.as_deref().unwrap_or(""))))
+        Some((
+            status,
+            metrics_text::parse(metrics.as_deref().unwrap_or("")),
+        ))
     }
 
     /// The hash of node `i`'s block at height `h`.
@@ -392,7 +395,8 @@ impl Ui {
                     // A counter that went down means the node restarted: no rate this round.
                     if dt > 0.0 && !m.restarted_since(before) {
                         for ((peer, kind), &v) in &m.peer_sent {
-                            let d = v - before.peer_sent.get(&(*peer, kind.clone())).unwrap_or(&0.0);
+                            let d =
+                                v - before.peer_sent.get(&(*peer, kind.clone())).unwrap_or(&0.0);
                             if d <= 0.0 {
                                 continue;
                             }
@@ -423,9 +427,12 @@ impl Ui {
                 .max_by_key(|&(l, c)| (c, std::cmp::Reverse(l)))
                 .map(|(l, _)| l)
                 .filter(|&l| {
-                    st.nodes
-                        .iter()
-                        .any(|v| v.id == l && v.up && (self.protocol == Protocol::Pbft || v.role.as_deref() == Some("leader")))
+                    st.nodes.iter().any(|v| {
+                        v.id == l
+                            && v.up
+                            && (self.protocol == Protocol::Pbft
+                                || v.role.as_deref() == Some("leader"))
+                    })
                 });
             if leader != st.leader {
                 if let Some(l) = leader {
@@ -690,7 +697,10 @@ async fn api_control(
         reply: tx,
     };
     if controls.send(req).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the cluster is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster is shutting down",
+        );
     }
     let id = ui.nodes[node].0;
     match tokio::time::timeout(Duration::from_secs(30), rx).await {
@@ -702,7 +712,10 @@ async fn api_control(
             ui.event("action", Some(id), format!("{name} node {id} failed: {e}"));
             error(StatusCode::CONFLICT, e)
         }
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, "no answer from the cluster"),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer from the cluster",
+        ),
     }
 }
 
@@ -734,8 +747,7 @@ pub fn watch_cluster(cluster_path: &std::path::Path, listen: SocketAddr) -> anyh
         let (stop_tx, stop_rx) = watch::channel(false);
         outln!("faultline ui: http://{listen}/ (Ctrl-C to stop)");
         let server = tokio::spawn(ui.serve(listener, stop_rx));
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
