@@ -2,7 +2,8 @@
 //! loaded in headless Chromium driven over W3C WebDriver (Debian's `chromedriver`, spoken to
 //! with the harness's plain HTTP client), every node shown with a height above 0, "kill -9"
 //! clicked on the leader, a new leader and a growing height seen on the page, and a screenshot
-//! saved as `target/ui-screenshot.png`.
+//! saved as `target/ui-screenshot.png`; then the killed node is restarted, partitioned from
+//! the others (both sides see each other unreachable while the rest commit) and healed.
 //!
 //! Skipped, with the reason printed, only when no chromedriver/Chromium is installed or the
 //! browser cannot start (`.ci/run` installs both). Every process started here is killed when
@@ -385,6 +386,70 @@ fn the_page_shows_the_cluster_and_a_leader_kill_elects_another() {
     let path = target.join("ui-screenshot.png");
     std::fs::write(&path, &png).expect("write screenshot");
     eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
+
+    // Restart the killed node, then partition it from the page: both sides report each other
+    // unreachable while the others keep committing; heal, and it catches up.
+    wait_for(Duration::from_secs(10), "a click on restart", || {
+        browser.click(&format!("#restart-{leader}")).then_some(())
+    });
+    let node = |s: &Value, i: u64| s["nodes"][i as usize].clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the restarted node to answer",
+        || {
+            let s = state(&addr)?;
+            (node(&s, leader)["up"] == true && node(&s, leader)["peers_connected"] == 2)
+                .then_some(())
+        },
+    );
+    wait_for(Duration::from_secs(10), "a click on partition", || {
+        browser.click(&format!("#partition-{leader}")).then_some(())
+    });
+    let cut_at = wait_for(Duration::from_secs(30), "a two-sided partition", || {
+        let s = state(&addr)?;
+        let me = node(&s, leader);
+        let others_cut = (0..3u64).filter(|&i| i != leader).all(|i| {
+            node(&s, i)["peers_unreachable"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!(leader)))
+        });
+        (me["peers_unreachable"].as_array().map(Vec::len) == Some(2) && others_cut)
+            .then(|| node(&s, new_leader)["height"].as_u64())
+            .flatten()
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "commits without the partitioned node",
+        || {
+            let s = state(&addr)?;
+            (node(&s, new_leader)["height"].as_u64()? > cut_at + 5).then_some(())
+        },
+    );
+    wait_for(Duration::from_secs(10), "a click on heal", || {
+        browser.click(&format!("#heal-{leader}")).then_some(())
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the healed node to catch up",
+        || {
+            let s = state(&addr)?;
+            let me = node(&s, leader);
+            (me["peers_connected"] == 2
+                && me["height"].as_u64()? > cut_at + 5
+                && me["diverged"] == false)
+                .then_some(())
+        },
+    );
+    let s = state(&addr).expect("state");
+    let timeline = s["timeline"].to_string();
+    for want in [
+        format!("partition node {leader}"),
+        format!("heal node {leader}"),
+    ] {
+        assert!(timeline.contains(&want), "{want} not in {timeline}");
+    }
+    assert_eq!(s["verdict"]["safe"], true, "{}", s["verdict"]);
+    eprintln!("page: node {leader} restarted, partitioned at height {cut_at}, healed, caught up");
 
     let (ok, out) = local.stop();
     assert!(
