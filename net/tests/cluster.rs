@@ -340,15 +340,25 @@ async fn slow_consumer_pushes_back_to_queue_full_with_bounded_memory() {
         all_connected(&nodes, 1).await;
         // Node 1 does not read its inbound channel: its readers block, yamux stops granting
         // window, the writer blocks, and node 0's queue fills up.
+        // Until the queue has refused everything for a while: the far side keeps reading
+        // into its inbound budget for a moment after the first refusal (longer on a loaded
+        // machine), and each message it takes frees a slot here.
         let mut accepted: u32 = 0;
         let mut full = 0u32;
-        while full < 10_000 {
+        let mut full_since: Option<std::time::Instant> = None;
+        while full < 10_000
+            || full_since.is_none_or(|t| t.elapsed() < std::time::Duration::from_millis(500))
+        {
             let mut msg = accepted.to_be_bytes().to_vec();
             msg.resize(1024, 0xcd);
             match nodes[0].handle.send(1, "append_entries", msg.into()) {
-                Ok(()) => accepted += 1,
+                Ok(()) => {
+                    accepted += 1;
+                    full_since = None;
+                }
                 Err(SendError::QueueFull) => {
                     full += 1;
+                    full_since.get_or_insert_with(std::time::Instant::now);
                     tokio::task::yield_now().await;
                 }
                 Err(e) => panic!("{e}"),
