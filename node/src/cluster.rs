@@ -349,6 +349,18 @@ impl LocalCluster {
         false
     }
 
+    /// A cluster that did not start: stops every node and keeps the logs for the operator,
+    /// whose error then says where they are.
+    pub fn start_failed(&mut self, e: ClusterError) -> anyhow::Error {
+        self.kill_all();
+        let dir = self.keep_dir();
+        anyhow::Error::new(e).context(format!(
+            "the {} cluster did not start (node logs kept in {})",
+            self.config.protocol,
+            dir.display()
+        ))
+    }
+
     pub fn kill_all(&mut self) {
         for i in 0..self.n() {
             self.kill(i);

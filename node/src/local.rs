@@ -220,15 +220,7 @@ pub async fn run_scenario(sc: &Scenario) -> Result<Summary> {
         eager_leader: eager,
     })?;
     if let Err(e) = cluster.start(STARTUP).await {
-        cluster.kill_all();
-        let dir = cluster.keep_dir();
-        return Err(e).with_context(|| {
-            format!(
-                "the {} cluster did not start (node logs kept in {})",
-                sc.protocol,
-                dir.display()
-            )
-        });
+        return Err(cluster.start_failed(e));
     }
     let keys = (0..sc.clients.max(1))
         .map(|j| crate::keys::read_key(&cluster.dir.join(format!("client-{j}.key"))))

@@ -176,15 +176,7 @@ async fn run_async(sc: Scenario, listen: SocketAddr, rate: f64) -> Result<bool> 
         _ = term.recv() => bail!("terminated; every node process was stopped"),
     };
     if let Err(e) = started {
-        cluster.kill_all();
-        let dir = cluster.keep_dir();
-        return Err(e).with_context(|| {
-            format!(
-                "the {} cluster did not start (node logs kept in {})",
-                sc.protocol,
-                dir.display()
-            )
-        });
+        return Err(cluster.start_failed(e));
     }
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlRequest>(16);
     let ui = Ui::new(&cluster.config, Some(ctl_tx))?;
