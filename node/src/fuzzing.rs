@@ -3,32 +3,66 @@
 //! target over its seed corpus and mutations of it, in CI). Each function must return for any
 //! input: a panic, an abort or a hang is the bug the fuzzer reports.
 
+use std::sync::OnceLock;
+
 use crate::config::{ClusterConfig, NodeConfig, Protocol};
 use crate::engine::{self, EngineSetup};
 use crate::ledger::Tx;
 use crate::sim::{sim_cluster, sim_node_key, sim_timing};
 use crate::store::Store;
 
+/// The cluster and the untouched genesis store every [`engine_message`] input starts from,
+/// built once per process: building them (key derivation, a new redb database) costs far more
+/// than one input, and the fuzzer needs millions of inputs.
+struct Pristine {
+    cluster: ClusterConfig,
+    store: Store,
+    key: ed25519_dalek::SigningKey,
+}
+
+fn pristine(protocol: Protocol) -> Option<&'static Pristine> {
+    static RAFT: OnceLock<Option<Pristine>> = OnceLock::new();
+    static PBFT: OnceLock<Option<Pristine>> = OnceLock::new();
+    let cell = match protocol {
+        Protocol::Raft => &RAFT,
+        Protocol::Pbft => &PBFT,
+    };
+    cell.get_or_init(|| {
+        let cluster = sim_cluster(protocol, FUZZ_NODES, 1).ok()?;
+        let store =
+            Store::with_backend(redb::backends::InMemoryBackend::new(), &cluster.genesis).ok()?;
+        Some(Pristine {
+            cluster,
+            store,
+            key: sim_node_key(0),
+        })
+    })
+    .as_ref()
+}
+
+const FUZZ_NODES: usize = 4;
+
 /// A peer's protocol message as the engine of `protocol` receives it from the transport: the
 /// first byte picks the (authenticated) sender, the rest is the payload. The engine decodes,
-/// checks and processes it, and its output is driven through a fresh in-memory store.
+/// checks and processes it, then takes a tick, and all its output is driven through a store.
+///
+/// Every input starts from the same genesis state, so a crash reproduces from its input alone.
+/// The engine reads the shared genesis store; the first write it produces moves the run to a
+/// fresh in-memory store (same genesis, so the engine cannot tell), which is committed and
+/// driven from then on. Most mutated inputs are refused before they write anything and never
+/// pay for a new database.
 pub fn engine_message(protocol: Protocol, data: &[u8]) {
     let Some((&who, payload)) = data.split_first() else {
         return;
     };
-    let n = 4;
-    let Ok(cluster) = sim_cluster(protocol, n, 1) else {
-        return;
-    };
-    let Ok(store) = Store::with_backend(redb::backends::InMemoryBackend::new(), &cluster.genesis)
-    else {
+    let Some(base) = pristine(protocol) else {
         return;
     };
     let Ok(mut engine) = engine::open(
         EngineSetup {
             id: 0,
-            cluster: &cluster,
-            key: sim_node_key(0),
+            cluster: &base.cluster,
+            key: base.key.clone(),
             timing: sim_timing(),
             batching: crate::config::Batching::default(),
             limits: crate::config::Limits::default(),
@@ -36,16 +70,52 @@ pub fn engine_message(protocol: Protocol, data: &[u8]) {
             seed: 1,
             read_nonce_seed: 1,
         },
-        &store,
+        &base.store,
     ) else {
         return;
     };
-    let from = 1 + u64::from(who) % (n as u64 - 1);
+    let from = 1 + u64::from(who) % (FUZZ_NODES as u64 - 1);
     let _ = engine.message_kind(payload);
     let _ = engine.on_message(from, payload);
-    let _ = engine::drive(engine.as_mut(), &store);
-    engine.on_tick();
-    let _ = engine::drive(engine.as_mut(), &store);
+    let mut own: Option<Store> = None;
+    for tick in [false, true] {
+        if tick {
+            engine.on_tick();
+        }
+        loop {
+            let store = own.as_ref().unwrap_or(&base.store);
+            let Ok(step) = engine.poll(store) else {
+                return;
+            };
+            if step.is_empty() {
+                break;
+            }
+            let blocks = if step.write.is_empty() {
+                Vec::new()
+            } else {
+                if own.is_none() {
+                    let Ok(fresh) = Store::with_backend(
+                        redb::backends::InMemoryBackend::new(),
+                        &base.cluster.genesis,
+                    ) else {
+                        return;
+                    };
+                    own = Some(fresh);
+                }
+                let Some(store) = own.as_ref() else {
+                    return;
+                };
+                match store.commit(step.write) {
+                    Ok(blocks) => blocks,
+                    Err(_) => return,
+                }
+            };
+            let store = own.as_ref().unwrap_or(&base.store);
+            if engine.applied(&blocks, store).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// A `POST /v1/tx` or `/v1/txs` body as the API parses and checks it.
