@@ -5,8 +5,10 @@
 //! them — are durable together or not at all.
 
 pub mod crash_backend;
+mod receipts;
 
 use std::path::Path;
+use std::sync::RwLock;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -23,8 +25,6 @@ const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 const BALANCES: TableDefinition<&str, u64> = TableDefinition::new("balances");
 const CLIENT_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("client_seq");
 const TX_RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_results");
-/// Tx hash → its `client_seq_key`, for receipts (`GET /v1/txs/{hash}`).
-const TX_BY_HASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_by_hash");
 const ENGINE_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engine_kv");
 const ENGINE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("engine_log");
 /// Blocks fetched by block sync and verified, not yet applied (height -> encoded block).
@@ -179,6 +179,9 @@ pub struct AppliedBlock {
 /// One node's durable store.
 pub struct Store {
     db: Database,
+    /// Tx hash → heights, for receipts; built from the blocks on first use (at open for a
+    /// node, lazily for `verify`), then kept current by every commit.
+    receipts: RwLock<Option<receipts::ReceiptIndex>>,
 }
 
 /// The ledger tables of one write transaction, opened once per commit (opening a redb table
@@ -188,7 +191,6 @@ struct LedgerTables<'t> {
     balances: redb::Table<'t, &'static str, u64>,
     client_seq: redb::Table<'t, &'static [u8], u64>,
     tx_results: redb::Table<'t, &'static [u8], &'static [u8]>,
-    tx_by_hash: redb::Table<'t, &'static [u8], &'static [u8]>,
     blocks: redb::Table<'t, u64, &'static [u8]>,
 }
 
@@ -199,7 +201,6 @@ impl<'t> LedgerTables<'t> {
             balances: txn.open_table(BALANCES)?,
             client_seq: txn.open_table(CLIENT_SEQ)?,
             tx_results: txn.open_table(TX_RESULTS)?,
-            tx_by_hash: txn.open_table(TX_BY_HASH)?,
             blocks: txn.open_table(BLOCKS)?,
         })
     }
@@ -299,7 +300,6 @@ impl Store {
             txn.open_table(KV)?;
             txn.open_table(CLIENT_SEQ)?;
             txn.open_table(TX_RESULTS)?;
-            txn.open_table(TX_BY_HASH)?;
             txn.open_table(ENGINE_KV)?;
             txn.open_table(ENGINE_LOG)?;
             txn.open_table(SYNC_STAGING)?;
@@ -328,7 +328,51 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(Store { db })
+        let store = Store::wrap(db);
+        store.with_receipts(|_| ())?;
+        Ok(store)
+    }
+
+    fn wrap(db: Database) -> Store {
+        Store {
+            db,
+            receipts: RwLock::new(None),
+        }
+    }
+
+    /// Runs `f` on the receipt index, building it from the stored blocks first if needed.
+    fn with_receipts<T>(
+        &self,
+        f: impl FnOnce(&receipts::ReceiptIndex) -> T,
+    ) -> Result<T, StoreError> {
+        {
+            let ix = self.receipts.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(ix) = ix.as_ref() {
+                return Ok(f(ix));
+            }
+        }
+        let mut ix = self.receipts.write().unwrap_or_else(|p| p.into_inner());
+        if ix.is_none() {
+            let mut built = receipts::ReceiptIndex::default();
+            let txn = self.db.begin_read()?;
+            for entry in txn.open_table(BLOCKS)?.iter()? {
+                let (height, bytes) = entry?;
+                let height = height.value();
+                let block: Block = decode(&format!("block {height}"), bytes.value())?;
+                for tx in &block.txs {
+                    built.insert(&tx.hash(), height);
+                }
+            }
+            tracing::debug!(entries = built.len(), "receipt index built from the blocks");
+            let out = f(&built);
+            *ix = Some(built);
+            return Ok(out);
+        }
+        // Another caller built it while this one waited for the lock.
+        match ix.as_ref() {
+            Some(ix) => Ok(f(ix)),
+            None => Err(StoreError::Corrupt("receipt index missing".into())),
+        }
     }
 
     /// Opens an existing data dir read-only (for `faultline verify`), without knowing the genesis.
@@ -338,7 +382,7 @@ impl Store {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
         let db = Database::open(path)?;
-        Ok(Store { db })
+        Ok(Store::wrap(db))
     }
 
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<T, StoreError> {
@@ -442,18 +486,22 @@ impl Store {
     /// The recorded result of `(client, seq)`, if that transaction was applied.
     /// The record of the applied transaction with this hash, if any (a receipt).
     pub fn receipt(&self, tx_hash: &[u8; 32]) -> Result<Option<TxRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(key) = txn
-            .open_table(TX_BY_HASH)?
-            .get(tx_hash.as_slice())?
-            .map(|v| v.value().to_vec())
-        else {
-            return Ok(None);
-        };
-        match txn.open_table(TX_RESULTS)?.get(key.as_slice())? {
-            Some(v) => Ok(Some(decode("tx record", v.value())?)),
-            None => Ok(None),
+        for height in self.with_receipts(|ix| ix.candidates(tx_hash))? {
+            let Some(block) = self.block(height)? else {
+                continue;
+            };
+            let Some(tx) = block.txs.iter().find(|t| &t.hash() == tx_hash) else {
+                continue;
+            };
+            // The durable record says where this (client, seq) was applied; a duplicate in a
+            // later block, or another hash sharing the prefix, does not match it.
+            if let Some(rec) = self.tx_record(&tx.client, tx.seq)? {
+                if &rec.tx_hash == tx_hash {
+                    return Ok(Some(rec));
+                }
+            }
         }
+        Ok(None)
     }
 
     pub fn tx_record(&self, client: &[u8; 32], seq: u64) -> Result<Option<TxRecord>, StoreError> {
@@ -556,6 +604,15 @@ impl Store {
         txn.set_durability(Durability::Immediate)?;
         let applied = Self::write_all(&txn, batch)?;
         txn.commit()?;
+        // After the commit: the index never names a block the disk does not hold.
+        let mut ix = self.receipts.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = ix.as_mut() {
+            for ab in &applied {
+                for h in &ab.tx_hashes {
+                    ix.insert(h, ab.block.height);
+                }
+            }
+        }
         Ok(applied)
     }
 
@@ -657,9 +714,6 @@ impl Store {
                     tables
                         .tx_results
                         .insert(key.as_slice(), encode(&rec).as_slice())?;
-                    tables
-                        .tx_by_hash
-                        .insert(tx_hash.as_slice(), key.as_slice())?;
                 }
                 outcomes.push(outcome);
             }
