@@ -90,15 +90,19 @@ pub const MAX_BATCH_TXS: usize = 10_000;
 /// that is not permitted costs no signature work at all: 403 for an unknown client key, then
 /// 400 for a bad signature or an oversized field. The signature checks run on the blocking
 /// pool, so a large batch never stalls the async workers that serve `/v1/status` and peers.
-async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> {
-    let single = txs.len() == 1;
-    let at = |i: usize| {
-        if single {
-            String::new()
-        } else {
-            format!("transaction {i}: ")
-        }
-    };
+/// "transaction I: " in an error about one transaction of a batch, nothing for a single one.
+fn which_tx(len: usize, i: usize) -> String {
+    if len == 1 {
+        String::new()
+    } else {
+        format!("transaction {i}: ")
+    }
+}
+
+/// The checks that cost no signature work, made on every node before anything else: no read
+/// markers from clients, and `403` for a key that is not a permitted client.
+fn precheck(shared: &Shared, txs: &[Tx]) -> Result<(), Response> {
+    let at = |i: usize| which_tx(txs.len(), i);
     if let Some(i) = txs.iter().position(|t| t.op.is_read_marker()) {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -117,6 +121,14 @@ async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> 
             ),
         ));
     }
+    Ok(())
+}
+
+/// [`precheck`], then every signature, off the async workers.
+async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> {
+    precheck(shared, &txs)?;
+    let len = txs.len();
+    let at = |i: usize| which_tx(len, i);
     let clients = Arc::clone(shared);
     let checked = tokio::task::spawn_blocking(move || {
         crate::ledger::tx::verify_batch_with(&txs, &clients.clients).map(|()| txs)
@@ -130,6 +142,21 @@ async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> 
             "signature check failed to run",
         )),
     }
+}
+
+/// The leader a raft follower relays a write to without checking its signatures: the leader
+/// checks them anyway, and checking here too would double the signature work of every
+/// forwarded write. `None` on the leader, on PBFT, for a request already forwarded once, and
+/// while no leader is known (the write then takes the full path and fails or forwards there).
+fn leader_elsewhere(shared: &Shared, headers: &HeaderMap) -> Option<u64> {
+    if shared.cluster.protocol != crate::config::Protocol::Raft || headers.contains_key(FORWARDED) {
+        return None;
+    }
+    let status = shared.status();
+    if status.engine.role == "leader" {
+        return None;
+    }
+    status.engine.leader.filter(|&l| l != shared.id)
 }
 
 async fn post_tx(
@@ -147,11 +174,17 @@ async fn post_tx(
             )
         }
     };
+    let wait = q.wait.unwrap_or(true);
+    if let Some(leader) = leader_elsewhere(&shared, &headers) {
+        if let Err(r) = precheck(&shared, std::slice::from_ref(&tx)) {
+            return r;
+        }
+        return forward(&shared, leader, "/v1/tx", wait, &headers, body).await;
+    }
     let txs = match admit(&shared, vec![tx]).await {
         Ok(txs) => txs,
         Err(r) => return r,
     };
-    let wait = q.wait.unwrap_or(true);
     match submit(&shared, txs, wait).await {
         Submitted::Done(mut replies) => match replies.pop() {
             Some(Ok(rec)) => Json(committed_reply(&shared, &rec)).into_response(),
@@ -191,11 +224,17 @@ async fn post_txs(
             ),
         );
     }
+    let wait = q.wait.unwrap_or(true);
+    if let Some(leader) = leader_elsewhere(&shared, &headers) {
+        if let Err(r) = precheck(&shared, &txs) {
+            return r;
+        }
+        return forward(&shared, leader, "/v1/txs", wait, &headers, body).await;
+    }
     let txs = match admit(&shared, txs).await {
         Ok(txs) => txs,
         Err(r) => return r,
     };
-    let wait = q.wait.unwrap_or(true);
     match submit(&shared, txs, wait).await {
         Submitted::Done(replies) => {
             let mut results = Vec::with_capacity(replies.len());

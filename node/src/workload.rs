@@ -273,6 +273,14 @@ async fn send_raft(
             if resp.status().is_success() {
                 if let Ok(body) = resp.json::<Value>().await {
                     let at = Instant::now();
+                    // The answer is signed by the leader (a follower relays the leader's
+                    // reply): send the next batch there and skip the follower's relay hop.
+                    if let Some(i) = body["node"]
+                        .as_u64()
+                        .and_then(|id| cluster.nodes.iter().position(|p| p.id == id))
+                    {
+                        leader.store(i, Ordering::Relaxed);
+                    }
                     let wanted: HashSet<[u8; 32]> = batch.hashes.iter().copied().collect();
                     return committed_entries(&body)
                         .into_iter()
