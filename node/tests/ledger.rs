@@ -257,6 +257,42 @@ fn duplicate_seq_is_never_applied_twice() {
     );
 }
 
+/// Receipts come from an in-memory index rebuilt from the blocks when the store opens: after a
+/// reopen every applied transaction still has its receipt at the height it was applied, a
+/// duplicate resubmitted in a later block still answers with the original, and an unknown hash
+/// has none.
+#[test]
+fn receipts_survive_a_reopen_and_name_the_original_application() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let put = |s: u64| {
+        Tx::sign(
+            &key,
+            s,
+            Op::Put {
+                key: format!("r{s}"),
+                value: "v".into(),
+            },
+        )
+    };
+    let (backend, store) = mem_store();
+    commit_block(&store, vec![put(1), put(2)]);
+    commit_block(&store, vec![put(2), put(3)]);
+    let check = |store: &Store| {
+        for (s, height) in [(1, 1), (2, 1), (3, 2)] {
+            let rec = store.receipt(&put(s).hash()).unwrap().unwrap();
+            assert_eq!((rec.height, rec.tx_hash), (height, put(s).hash()), "seq {s}");
+        }
+        assert_eq!(store.receipt(&put(4).hash()).unwrap(), None);
+    };
+    check(&store);
+    drop(store);
+    backend.crash();
+    let store = Store::with_backend(backend.clone(), &genesis()).unwrap();
+    check(&store);
+    commit_block(&store, vec![put(4)]);
+    assert_eq!(store.receipt(&put(4).hash()).unwrap().unwrap().height, 3);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Random transfers between a few accounts (including overdraws, self-transfers, new
