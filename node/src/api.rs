@@ -86,10 +86,6 @@ fn committed_reply(shared: &Shared, rec: &TxRecord) -> Value {
 /// signature work one request can demand.
 pub const MAX_BATCH_TXS: usize = 10_000;
 
-/// Checks a submission before it reaches the engine, cheapest test first so that a client
-/// that is not permitted costs no signature work at all: 403 for an unknown client key, then
-/// 400 for a bad signature or an oversized field. The signature checks run on the blocking
-/// pool, so a large batch never stalls the async workers that serve `/v1/status` and peers.
 /// "transaction I: " in an error about one transaction of a batch, nothing for a single one.
 fn which_tx(len: usize, i: usize) -> String {
     if len == 1 {
@@ -124,7 +120,10 @@ fn precheck(shared: &Shared, txs: &[Tx]) -> Result<(), Response> {
     Ok(())
 }
 
-/// [`precheck`], then every signature, off the async workers.
+/// Checks a submission before it reaches the engine, cheapest test first so that a client
+/// that is not permitted costs no signature work at all: 403 for an unknown client key, then
+/// 400 for a bad signature or an oversized field. The signature checks run on the blocking
+/// pool, so a large batch never stalls the async workers that serve `/v1/status` and peers.
 async fn admit(shared: &Arc<Shared>, txs: Vec<Tx>) -> Result<Vec<Tx>, Response> {
     precheck(shared, &txs)?;
     let len = txs.len();

@@ -280,7 +280,11 @@ fn receipts_survive_a_reopen_and_name_the_original_application() {
     let check = |store: &Store| {
         for (s, height) in [(1, 1), (2, 1), (3, 2)] {
             let rec = store.receipt(&put(s).hash()).unwrap().unwrap();
-            assert_eq!((rec.height, rec.tx_hash), (height, put(s).hash()), "seq {s}");
+            assert_eq!(
+                (rec.height, rec.tx_hash),
+                (height, put(s).hash()),
+                "seq {s}"
+            );
         }
         assert_eq!(store.receipt(&put(4).hash()).unwrap(), None);
     };
