@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 /// Domain separation prefix: the bytes signed are `DOMAIN ‖ payload_bytes`, so a PBFT signature
 /// can never be confused with anything else the same key signs (e.g. libp2p handshakes).
+/// The signing domains of every key are listed in docs/PROTOCOL.md §6.
 pub const DOMAIN: &[u8] = b"faultline-pbft-v1";
 
 /// A 64-byte ed25519 signature that serde can carry (serde has no impls for `[u8; 64]`).

@@ -2,7 +2,8 @@
 //! the postcard encoding of a [`Payload`] and the signature covers `DOMAIN ‖ payload` exactly as
 //! received — a receiver never re-encodes before verifying. Payloads must also be in canonical
 //! form (re-encoding gives the same bytes), which makes a COMMIT's signed bytes reconstructible
-//! from `(view, seq, digest, replica)` for offline commit-certificate checks.
+//! from `(view, seq, digest, replica)` for offline commit-certificate checks. Byte layouts,
+//! signed bytes and who sends what: docs/PROTOCOL.md §5.
 //!
 //! These types are public so that tests and the node's Byzantine modes can craft messages
 //! (equivocating pre-prepares, forged signatures, inflated views).

@@ -1,7 +1,8 @@
 //! Framing and the per-peer writer / per-stream reader tasks.
 //!
 //! Wire format on the `/faultline/msg/1` stream: a sequence of frames, each a 4-byte big-endian
-//! payload length followed by that many bytes of opaque engine message.
+//! payload length followed by that many bytes of opaque engine message (docs/PROTOCOL.md §2;
+//! what an engine message is: §4.1 Raft, §5.1 PBFT).
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};

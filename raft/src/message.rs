@@ -1,6 +1,7 @@
 //! Wire types: log entries, durable state, snapshots and the messages peers exchange.
 //!
 //! These are plain data with serde derives; the node crate chooses the encoding (postcard).
+//! The bytes on the wire, field by field, are in docs/PROTOCOL.md §4.
 //! Nothing here trusts a peer: the core validates every field it reads from a [`Message`].
 
 use serde::{Deserialize, Serialize};
