@@ -40,6 +40,11 @@ impl Arrivals {
         self.index.contains_key(digest)
     }
 
+    pub fn get(&self, digest: &Hash) -> Option<&Vec<u8>> {
+        let n = self.index.get(digest)?;
+        self.order.get(n).map(|(_, r)| r)
+    }
+
     pub fn remove(&mut self, digest: &Hash) -> Option<Vec<u8>> {
         let n = self.index.remove(digest)?;
         self.order.remove(&n).map(|(_, r)| r)

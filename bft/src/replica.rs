@@ -99,6 +99,9 @@ pub struct Replica<A: App> {
     recent_order: VecDeque<Hash>,
     /// Requests submitted at this backup and not yet executed (the request timer watches them).
     pending: Arrivals,
+    /// Requests this backup accepted from a client, by the tick they arrived: relayed to the
+    /// primary only if it has not pre-prepared them within `relay_delay` (see `relay_overdue`).
+    relay_due: VecDeque<(u64, Hash)>,
     request_timer: Option<u32>,
 
     /// Verified messages for a later view / beyond the high watermark, replayed when we get there.
@@ -156,6 +159,7 @@ impl<A: App> Replica<A> {
             recent: BTreeSet::new(),
             recent_order: VecDeque::new(),
             pending: Arrivals::new(),
+            relay_due: VecDeque::new(),
             request_timer: None,
             future: VecDeque::new(),
             fetch: None,
@@ -402,6 +406,40 @@ impl<A: App> Replica<A> {
         }
     }
 
+    /// §4.1: a backup relays a client's request to the primary. Our clients (the workload, the
+    /// `client` command, the simulator's clients) send every request to every replica, the
+    /// primary included, so relaying at once would only make each backup sign, and the primary
+    /// verify, one more message per request — most of PBFT's per-request cost. A backup
+    /// relays what the primary has not pre-prepared after a quarter of the request timeout
+    /// instead: a client that reached only this backup waits that much longer, and one whose
+    /// request the primary ignores still gets it relayed well before the timer suspects the
+    /// primary (§4.4).
+    fn relay_overdue(&mut self) {
+        let delay = u64::from((self.cfg.request_timeout_ticks / 4).max(1));
+        let mut relay = Vec::new();
+        while let Some(&(at, h)) = self.relay_due.front() {
+            if self.ticks < at.saturating_add(delay) {
+                break;
+            }
+            self.relay_due.pop_front();
+            if self.in_view_change || self.is_primary() || self.in_flight.contains_key(&h) {
+                // A view change hands pending requests to the next primary itself.
+                continue;
+            }
+            if let Some(r) = self.pending.get(&h) {
+                relay.push(r.clone());
+            }
+        }
+        let p = self.cfg.primary(self.view);
+        for request in relay {
+            let m = self.sign(&Payload::Request(Request {
+                replica: self.me,
+                request,
+            }));
+            self.send(p, "request", &m);
+        }
+    }
+
     /// Starts the request timer unless it is already running (§4.4).
     fn arm_request_timer(&mut self) {
         if self.request_timer.is_none() && !self.in_view_change {
@@ -484,7 +522,8 @@ impl<A: App> Replica<A> {
     // ------------------------------------------------------------------ client requests
 
     /// A client request received at this replica. The primary queues it for the next batch; a
-    /// backup relays it to the primary and starts its request timer (PBFT §4.1, §4.4).
+    /// backup keeps it, relays it to the primary if the primary has not ordered it soon
+    /// (`relay_overdue`) and starts its request timer (PBFT §4.1, §4.4).
     pub fn submit(&mut self, request: Vec<u8>) -> Result<(), SubmitError> {
         if request.len() > MAX_REQUEST_BYTES
             || request_cost(request.len()) > self.cfg.batch_budget()
@@ -518,14 +557,9 @@ impl<A: App> Replica<A> {
             self.propose(false);
             self.arm_request_timer();
         } else {
-            self.pending.insert(h, request.clone());
+            self.pending.insert(h, request);
             if !self.in_view_change {
-                let m = self.sign(&Payload::Request(Request {
-                    replica: self.me,
-                    request,
-                }));
-                let p = self.cfg.primary(self.view);
-                self.send(p, "request", &m);
+                self.relay_due.push_back((self.ticks, h));
                 if self.request_timer.is_none() {
                     self.request_timer = Some(self.cfg.request_timeout_ticks);
                 }
@@ -628,6 +662,7 @@ impl<A: App> Replica<A> {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.propose(true);
+        self.relay_overdue();
         if !self.in_view_change {
             if let Some(t) = self.request_timer {
                 if t <= 1 {

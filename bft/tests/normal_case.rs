@@ -118,13 +118,35 @@ fn duplicate_and_invalid_requests() {
     assert_eq!(c.submit(0, b"x"), Err(SubmitError::Duplicate));
 }
 
+/// §4.1: a request that reached only a backup is relayed to the primary — after a quarter of
+/// the request timeout (2 of this harness's 10 ticks), since clients normally send to the
+/// primary too.
 #[test]
 fn backup_forwards_requests_to_primary() {
     let mut c = Cluster::new(4);
     c.submit(2, b"via-backup").unwrap();
-    assert_eq!(c.sent["request"], 1);
-    c.run();
     c.run_ticks(1);
+    assert_eq!(c.sent.get("request"), None);
+    assert_eq!(c.committed(0).len(), 0);
+    c.run_ticks(1);
+    assert_eq!(c.sent["request"], 1);
+    c.run_ticks(1);
+    for id in 0..4 {
+        assert_eq!(c.committed(id).len(), 1);
+        assert_eq!(c.r(id).status().pending_requests, 0);
+    }
+}
+
+/// A client that sends its request to every replica (ours do) costs no relays: the primary
+/// orders it before any backup's relay delay runs out.
+#[test]
+fn backups_do_not_relay_what_the_primary_already_ordered() {
+    let mut c = Cluster::new(4);
+    for id in 0..4 {
+        c.submit(id, b"to-all").unwrap();
+    }
+    c.run_ticks(40);
+    assert_eq!(c.sent.get("request"), None);
     for id in 0..4 {
         assert_eq!(c.committed(id).len(), 1);
         assert_eq!(c.r(id).status().pending_requests, 0);
