@@ -248,3 +248,41 @@ fn batches_are_cut_by_bytes_and_oversized_requests_refused() {
     assert_eq!(c.submit(0, &huge), Err(SubmitError::TooLarge(budget)));
     assert_eq!(c.submit(1, &huge), Err(SubmitError::TooLarge(budget)));
 }
+
+/// An idle primary orders a request when asked after the round of inputs, not at the next
+/// tick; one with a batch in flight keeps gathering requests (until a tick or a full batch).
+#[test]
+fn an_idle_primary_cuts_at_once_and_a_busy_one_gathers() {
+    let mut c = Cluster::new(4);
+    c.submit(0, b"first").unwrap();
+    c.r(0).propose_if_idle();
+    c.pump(0);
+    c.run();
+    for id in 0..4 {
+        assert_eq!(c.committed(id).len(), 1, "replica {id}");
+    }
+    // Busy: "second" is pre-prepared but its PRE-PREPARE is not delivered yet.
+    c.submit(0, b"second").unwrap();
+    c.r(0).propose_if_idle();
+    c.pump(0);
+    c.submit(0, b"third").unwrap();
+    c.submit(0, b"fourth").unwrap();
+    c.r(0).propose_if_idle();
+    c.pump(0);
+    assert_eq!(c.r(0).status().queued_requests, 2);
+    c.run();
+    c.run_ticks(1);
+    for id in 0..4 {
+        let got: Vec<Vec<Vec<u8>>> = c.committed(id).iter().map(|b| b.2.clone()).collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![b"first".to_vec()],
+                vec![b"second".to_vec()],
+                vec![b"third".to_vec(), b"fourth".to_vec()]
+            ],
+            "replica {id}"
+        );
+    }
+    c.check_agreement();
+}

@@ -478,6 +478,8 @@ impl Engine for PbftEngine {
             });
         }
         self.issue_marker();
+        // Once per round of inputs (the driver polls after draining them).
+        self.replica.propose_if_idle();
         let ready = self.replica.ready();
         for op in ready.persist {
             write.engine.push(match op {
