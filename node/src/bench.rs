@@ -20,6 +20,8 @@ pub struct BenchSpec {
     pub nodes: Vec<usize>,
     pub duration: Duration,
     pub clients: usize,
+    /// Transactions per request (1: `POST /v1/tx`, one at a time).
+    pub batch: usize,
     pub payload: usize,
     pub out: PathBuf,
 }
@@ -62,6 +64,7 @@ pub fn bench(spec: &BenchSpec) -> Result<Vec<Summary>> {
             let mut sc = Scenario::new(p, n, spec.duration);
             sc.name = "bench".into();
             sc.clients = spec.clients.max(1);
+            sc.batch = spec.batch.max(1);
             sc.payload = spec.payload;
             let s = run_scenario(&sc)
                 .await

@@ -224,6 +224,10 @@ enum Command {
         /// Concurrent workload clients.
         #[arg(long, default_value_t = 4)]
         clients: usize,
+        /// Transactions per request, each client waiting for its answer before the next;
+        /// 1 sends each transaction on its own to POST /v1/tx (a single-write client's latency).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch: u64,
         /// Bytes of each transaction's value.
         #[arg(long, default_value_t = 16)]
         payload: usize,
@@ -444,6 +448,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             duration,
             sim,
             clients,
+            batch,
             payload,
             out,
         } => {
@@ -466,6 +471,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 nodes,
                 duration: seconds(duration.unwrap_or(10.0))?,
                 clients,
+                batch: batch as usize,
                 payload,
                 out,
             })?;

@@ -232,8 +232,10 @@ pub async fn run_scenario(sc: &Scenario) -> Result<Summary> {
         batch: sc.batch,
         payload: sc.payload,
         // Signed up front: enough for 40k tx/s over the window, shared by the clients (a
-        // saturating run that used them all up would end early and measure a shorter span).
+        // saturating run that used them all up would end early and measure a shorter span);
+        // a client sending one transaction per round trip needs no more than 5k per second.
         max_txs_per_client: ((sc.duration.as_secs_f64() * 40_000.0) as usize / sc.clients.max(1))
+            .min((sc.duration.as_secs_f64() * 5_000.0 * sc.batch as f64) as usize)
             .max(1000),
     };
     let prepared = workload::prepare(&keys, &spec).await;

@@ -80,6 +80,8 @@ impl WorkloadReport {
 struct Batch {
     body: axum::body::Bytes,
     hashes: Vec<[u8; 32]>,
+    /// `/v1/txs` for a JSON array; `/v1/tx` for one transaction sent on its own.
+    path: &'static str,
 }
 
 /// Signs every client's transactions up front, in parallel (one thread per client).
@@ -114,10 +116,15 @@ fn presign(
                             })
                             .collect();
                         seq = end;
-                        let body = serde_json::to_vec(&txs).unwrap_or_default();
+                        // One at a time goes to `POST /v1/tx`, as a single-write client would.
+                        let (body, path) = match txs.as_slice() {
+                            [tx] if batch == 1 => (serde_json::to_vec(tx), "/v1/tx"),
+                            _ => (serde_json::to_vec(&txs), "/v1/txs"),
+                        };
                         out.push(Batch {
-                            body: body.into(),
+                            body: body.unwrap_or_default().into(),
                             hashes: txs.iter().map(Tx::hash).collect(),
+                            path,
                         });
                     }
                     out
@@ -241,9 +248,19 @@ pub async fn run(
     all
 }
 
-/// (tx hash, height, result JSON) of each committed transaction of a batch reply.
+/// (tx hash, height, result JSON) of each committed transaction of a batch reply, or of the
+/// one transaction of a `POST /v1/tx` reply.
 fn committed_entries(body: &Value) -> Vec<([u8; 32], u64, String)> {
-    crate::reply::parse_batch_results(body)
+    let results = crate::reply::parse_batch_results(body).or_else(|| {
+        let mut tx_hash = [0u8; 32];
+        hex::decode_to_slice(body.get("tx_hash")?.as_str()?, &mut tx_hash).ok()?;
+        Some(vec![crate::reply::BatchResult {
+            tx_hash,
+            height: body.get("height")?.as_u64()?,
+            result: body.get("result")?.clone(),
+        }])
+    });
+    results
         .unwrap_or_default()
         .into_iter()
         .filter(|r| r.height > 0)
@@ -262,7 +279,7 @@ async fn send_raft(
     let n = cluster.nodes.len();
     while Instant::now() < give_up {
         let target = leader.load(Ordering::Relaxed) % n;
-        let url = format!("http://{}/v1/txs", cluster.nodes[target].api);
+        let url = format!("http://{}{}", cluster.nodes[target].api, batch.path);
         let resp = http
             .post(url)
             .header("content-type", "application/json")
@@ -318,7 +335,7 @@ async fn send_pbft(
         let mut inflight = tokio::task::JoinSet::new();
         for (i, node) in cluster.nodes.iter().enumerate() {
             let req = http
-                .post(format!("http://{}/v1/txs", node.api))
+                .post(format!("http://{}{}", node.api, batch.path))
                 .header("content-type", "application/json")
                 .body(batch.body.clone());
             let deadline = give_up.saturating_duration_since(Instant::now());
@@ -401,6 +418,7 @@ pub async fn run_until(
                 let b = Batch {
                     body: serde_json::to_vec(&txs).unwrap_or_default().into(),
                     hashes: txs.iter().map(Tx::hash).collect(),
+                    path: "/v1/txs",
                 };
                 let give_up = Instant::now() + GRACE;
                 let send = async {
