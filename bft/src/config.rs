@@ -115,6 +115,11 @@ impl Config {
         if self.batch_budget() < MIN_BATCH_BUDGET {
             return Err(ConfigError::BudgetTooSmall(self.max_message_bytes));
         }
+        if self.max_message_bytes > crate::message::MAX_MESSAGE_BYTES {
+            // Every replica drops a message this large undecoded: a full batch would never
+            // be accepted.
+            return Err(ConfigError::BudgetTooLarge(self.max_message_bytes));
+        }
         if self.view_change_timeout_ticks == 0 || self.request_timeout_ticks == 0 {
             return Err(ConfigError::ZeroTimeout);
         }
@@ -163,6 +168,8 @@ pub enum ConfigError {
     ZeroBatch,
     #[error("max_message_bytes {0} leaves too little room for a batch")]
     BudgetTooSmall(usize),
+    #[error("max_message_bytes {0} is above the largest message a replica decodes (64 MiB)")]
+    BudgetTooLarge(usize),
     #[error("timeouts must be at least one tick")]
     ZeroTimeout,
     #[error("public key of replica {0} appears twice")]
@@ -216,5 +223,13 @@ mod tests {
             Err(ConfigError::DuplicateKey(3))
         );
         assert_eq!(Config::new(0, keys(4)).primary(5), 1);
+        let mut c = Config::new(0, keys(4));
+        c.max_message_bytes = crate::MAX_MESSAGE_BYTES;
+        assert!(c.validate().is_ok());
+        c.max_message_bytes += 1;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::BudgetTooLarge(crate::MAX_MESSAGE_BYTES + 1))
+        );
     }
 }

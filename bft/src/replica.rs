@@ -63,8 +63,8 @@ pub struct Replica<A: App> {
     /// accepted), re-sent to replicas that missed it.
     last_new_view: Option<SignedMessage>,
     /// Ticks since start, and when we last re-sent that NEW-VIEW to each replica: at most once
-    /// per VIEW-CHANGE re-send interval, so a Byzantine replica cannot turn its small stale
-    /// VIEW-CHANGEs into a stream of large NEW-VIEWs.
+    /// per half VIEW-CHANGE re-send interval (and never twice in one tick), so a Byzantine
+    /// replica cannot turn its small stale VIEW-CHANGEs into a stream of large NEW-VIEWs.
     ticks: u64,
     new_view_resent_at: BTreeMap<NodeId, u64>,
     /// Ticks until our VIEW-CHANGE is re-broadcast (lost view changes would otherwise stall the
@@ -1112,7 +1112,7 @@ impl<A: App> Replica<A> {
         let Some(nv) = self.last_new_view.clone() else {
             return;
         };
-        let interval = u64::from(self.vc_resend_interval() / 2);
+        let interval = u64::from(self.vc_resend_interval() / 2).max(1);
         if let Some(at) = self.new_view_resent_at.get(&vc.replica) {
             if self.ticks < at.saturating_add(interval) {
                 return;

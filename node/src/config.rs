@@ -205,6 +205,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = faultline_net::DEFAULT_MAX_FRAME_BY
 /// Smallest [`Limits::max_message_bytes`] accepted: room for the largest transaction (two
 /// 64 KiB fields) with its envelope, so every legal transaction fits in some batch.
 pub const MIN_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest [`Limits::max_message_bytes`] accepted: a PBFT replica drops anything larger
+/// undecoded, so a bigger budget would let a primary cut batches nobody accepts.
+pub const MAX_MAX_MESSAGE_BYTES: usize = faultline_bft::MAX_MESSAGE_BYTES;
 
 /// Resource limits. `max_message_bytes` is THE size budget of the system
 /// (docs/ARCHITECTURE.md §8 "Every message fits"): the network refuses frames above it, and both
@@ -302,12 +305,40 @@ impl NodeConfig {
             )));
         }
         let max = self.limits.max_message_bytes;
-        if !(MIN_MAX_MESSAGE_BYTES..=u32::MAX as usize).contains(&max) {
+        if !(MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES).contains(&max) {
             return Err(ConfigError::Invalid(format!(
-                "{origin}: limits.max_message_bytes must be between {MIN_MAX_MESSAGE_BYTES} and {}, got {max}",
-                u32::MAX
+                "{origin}: limits.max_message_bytes must be between {MIN_MAX_MESSAGE_BYTES} and {MAX_MAX_MESSAGE_BYTES}, got {max}"
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(max_message_bytes: usize) -> NodeConfig {
+        NodeConfig {
+            id: 0,
+            cluster: "cluster.toml".into(),
+            key_file: "node.key".into(),
+            data_dir: "data".into(),
+            byzantine: None,
+            timing: Timing::default(),
+            batching: Batching::default(),
+            limits: Limits { max_message_bytes },
+        }
+    }
+
+    /// The budget must lie where both the network and every PBFT replica accept a full batch.
+    #[test]
+    fn message_budget_is_bounded_both_ways() {
+        assert!(node(DEFAULT_MAX_MESSAGE_BYTES).validate("t").is_ok());
+        assert!(node(MIN_MAX_MESSAGE_BYTES).validate("t").is_ok());
+        assert!(node(MAX_MAX_MESSAGE_BYTES).validate("t").is_ok());
+        assert!(node(MIN_MAX_MESSAGE_BYTES - 1).validate("t").is_err());
+        let err = node(MAX_MAX_MESSAGE_BYTES + 1).validate("t").unwrap_err();
+        assert!(err.to_string().contains("must be between"), "{err}");
     }
 }
