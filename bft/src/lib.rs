@@ -16,6 +16,7 @@ pub mod message;
 mod persist;
 pub mod replica;
 pub mod state_transfer;
+mod timer;
 pub mod view_change;
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use crate::message::{
 };
 use crate::persist::{self, seq_key, ViewState};
 use crate::state_transfer::{Fetch, FetchState};
+use crate::timer::Timer;
 use crate::view_change::{compute_plan, validate_view_change, NewViewPlan, PreparedCert, VcEntry};
 use crate::{
     App, InvalidBatch, Outgoing, PersistOp, Ready, Rejected, RestoreError, ServeRequest, Status,
@@ -57,7 +58,7 @@ pub struct Replica<A: App> {
     view: u64,
     in_view_change: bool,
     vc_consecutive: u32,
-    vc_timer: Option<u32>,
+    vc_timer: Timer,
     new_view_sent: Option<u64>,
     /// The NEW-VIEW that installed our current view (ours as its primary, or the one we
     /// accepted), re-sent to replicas that missed it.
@@ -102,7 +103,7 @@ pub struct Replica<A: App> {
     /// Requests this backup accepted from a client, by the tick they arrived: relayed to the
     /// primary only if it has not pre-prepared them within `relay_delay` (see `relay_overdue`).
     relay_due: VecDeque<(u64, Hash)>,
-    request_timer: Option<u32>,
+    request_timer: Timer,
 
     /// Verified messages for a later view / beyond the high watermark, replayed when we get there.
     future: VecDeque<(NodeId, Vec<u8>)>,
@@ -137,7 +138,7 @@ impl<A: App> Replica<A> {
             view: 0,
             in_view_change: false,
             vc_consecutive: 0,
-            vc_timer: None,
+            vc_timer: Timer::default(),
             new_view_sent: None,
             last_new_view: None,
             ticks: 0,
@@ -160,7 +161,7 @@ impl<A: App> Replica<A> {
             recent_order: VecDeque::new(),
             pending: Arrivals::new(),
             relay_due: VecDeque::new(),
-            request_timer: None,
+            request_timer: Timer::default(),
             future: VecDeque::new(),
             fetch: None,
             stall_ticks: 0,
@@ -453,8 +454,9 @@ impl<A: App> Replica<A> {
 
     /// Starts the request timer unless it is already running (§4.4).
     fn arm_request_timer(&mut self) {
-        if self.request_timer.is_none() && !self.in_view_change {
-            self.request_timer = Some(self.cfg.request_timeout_ticks);
+        if !self.in_view_change {
+            self.request_timer
+                .start_if_stopped(self.cfg.request_timeout_ticks);
         }
     }
 
@@ -555,9 +557,8 @@ impl<A: App> Replica<A> {
             // faulty primary can pre-prepare it and never let it commit, so the client's
             // retransmission must still start the request timer (and never be a silent no-op).
             self.pending.insert(h, request);
-            if self.request_timer.is_none() {
-                self.request_timer = Some(self.cfg.request_timeout_ticks);
-            }
+            self.request_timer
+                .start_if_stopped(self.cfg.request_timeout_ticks);
             return Err(SubmitError::Duplicate);
         }
         if self.is_known(&h) || self.pending.contains_key(&h) {
@@ -571,9 +572,8 @@ impl<A: App> Replica<A> {
             self.pending.insert(h, request);
             if !self.in_view_change {
                 self.relay_due.push_back((self.ticks, h));
-                if self.request_timer.is_none() {
-                    self.request_timer = Some(self.cfg.request_timeout_ticks);
-                }
+                self.request_timer
+                    .start_if_stopped(self.cfg.request_timeout_ticks);
             }
         }
         Ok(())
@@ -675,15 +675,10 @@ impl<A: App> Replica<A> {
         self.propose(true);
         self.relay_overdue();
         if !self.in_view_change {
-            if let Some(t) = self.request_timer {
-                if t <= 1 {
-                    self.request_timer = None;
-                    self.relay_pending();
-                    // §4.4: the backup suspects the primary of view v and moves to v + 1.
-                    self.start_view_change(self.view + 1);
-                } else {
-                    self.request_timer = Some(t - 1);
-                }
+            if self.request_timer.tick() {
+                self.relay_pending();
+                // §4.4: the backup suspects the primary of view v and moves to v + 1.
+                self.start_view_change(self.view + 1);
             }
         } else if self.vc_resend <= 1 {
             self.vc_resend = self.vc_resend_interval();
@@ -693,15 +688,10 @@ impl<A: App> Replica<A> {
         } else {
             self.vc_resend -= 1;
         }
-        if let (true, Some(t)) = (self.in_view_change, self.vc_timer) {
-            if t <= 1 {
-                self.vc_timer = None;
-                // §4.5.2: the new primary did not deliver a NEW-VIEW in time: try v + 1 with a
-                // doubled timeout.
-                self.start_view_change(self.view + 1);
-            } else {
-                self.vc_timer = Some(t - 1);
-            }
+        if self.in_view_change && self.vc_timer.tick() {
+            // §4.5.2: the new primary did not deliver a NEW-VIEW in time: try v + 1 with a
+            // doubled timeout.
+            self.start_view_change(self.view + 1);
         }
         if let Some(fs) = &mut self.fetch {
             if fs.ticks_left <= 1 {
@@ -1368,11 +1358,11 @@ impl<A: App> Replica<A> {
         // §4.4: stop the timer when no request is waiting, restart it when some executed while
         // others still wait.
         if !self.in_view_change {
-            self.request_timer = if self.waiting_for_requests() {
-                Some(self.cfg.request_timeout_ticks)
+            if self.waiting_for_requests() {
+                self.request_timer.start(self.cfg.request_timeout_ticks);
             } else {
-                None
-            };
+                self.request_timer.stop();
+            }
         }
         self.out.committed.push(batch);
     }
@@ -1598,9 +1588,9 @@ impl<A: App> Replica<A> {
         self.view = v;
         self.in_view_change = true;
         self.vc_consecutive = self.vc_consecutive.saturating_add(1);
-        self.vc_timer = None;
+        self.vc_timer.stop();
         self.vc_resend = self.vc_resend_interval();
-        self.request_timer = None;
+        self.request_timer.stop();
         self.log.clear();
         // Requests we queued or proposed as primary are not lost with the view: they become
         // pending here and are handed to the next primary (or re-queued if that is us), the
@@ -1678,13 +1668,13 @@ impl<A: App> Replica<A> {
             .values()
             .filter(|e| e.vc.new_view >= self.view)
             .count();
-        if given_up >= self.q && self.vc_timer.is_none() {
+        if given_up >= self.q && !self.vc_timer.is_running() {
             let shift = self
                 .vc_consecutive
                 .saturating_sub(1)
                 .min(self.cfg.max_view_change_doublings)
                 .min(16);
-            self.vc_timer = Some(
+            self.vc_timer.start(
                 self.cfg
                     .view_change_timeout_ticks
                     .saturating_mul(1 << shift),
@@ -1804,7 +1794,7 @@ impl<A: App> Replica<A> {
         self.last_new_view = Some(new_view);
         self.view = v;
         self.in_view_change = false;
-        self.vc_timer = None;
+        self.vc_timer.stop();
         self.view_changes.retain(|_, e| e.vc.new_view > v);
         self.persist_view();
         if plan.stable.seq > self.h() {
@@ -1850,7 +1840,7 @@ impl<A: App> Replica<A> {
             for (h, r) in pending {
                 self.enqueue(h, r);
             }
-            self.request_timer = None;
+            self.request_timer.stop();
         } else {
             let p = self.cfg.primary(v);
             for r in pending.values() {
@@ -1860,11 +1850,11 @@ impl<A: App> Replica<A> {
                 }));
                 self.send(p, "request", &m);
             }
-            self.request_timer = if pending.is_empty() {
-                None
+            if pending.is_empty() {
+                self.request_timer.stop();
             } else {
-                Some(self.cfg.request_timeout_ticks)
-            };
+                self.request_timer.start(self.cfg.request_timeout_ticks);
+            }
             self.pending = pending;
         }
         self.replay_future();
