@@ -8,53 +8,22 @@
 //!
 //! On the wire every message is one tag byte ([`TAG_RAFT`], [`TAG_SYNC`]) and a postcard body.
 
+mod restore;
+mod sync;
+mod wire;
+
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use faultline_raft::{
-    Config as RaftConfig, Entry, HardState, Message, PersistedState, RawNode, Role, Snapshot,
-};
+use faultline_raft::{Entry, Message, RawNode, Role, Snapshot};
 
-use super::block_sync::{BlockSync, Outcome, SyncMessage};
+use super::block_sync::BlockSync;
 use super::{Engine, EngineError, EngineStatus, NodeId, Outgoing, ProposeError, Rejected, Step};
 use crate::config::Protocol;
 use crate::ledger::Tx;
-use crate::store::{AppliedBlock, EngineOp, Head, NewBlock, Store, WriteBatch};
-
-/// Wire tag of a Raft message.
-pub const TAG_RAFT: u8 = 0;
-/// Wire tag of a block-sync message.
-pub const TAG_SYNC: u8 = 1;
-/// Block-sync requests queued for serving; more are dropped (the requester retries).
-const MAX_SERVE_QUEUE: usize = 16;
-/// Staged bytes applied per tick while finishing a block sync, so a long sync does not keep
-/// the driver from answering heartbeats.
-const SYNC_APPLY_BYTES: usize = 8 << 20;
-
-fn tagged<T: serde::Serialize>(tag: u8, value: &T) -> Arc<[u8]> {
-    let mut out = vec![tag];
-    // postcard serialization of our own types into a Vec cannot fail (no maps with
-    // non-string keys, no unsized sequences).
-    out.extend(postcard::to_allocvec(value).unwrap_or_default());
-    out.into()
-}
-
-/// A Raft message as sent on the wire.
-pub fn encode_raft(m: &Message) -> Arc<[u8]> {
-    tagged(TAG_RAFT, m)
-}
-
-/// The Raft message in `bytes`, if it is one and decodes.
-pub fn decode_raft(bytes: &[u8]) -> Option<Message> {
-    match bytes.split_first() {
-        Some((&TAG_RAFT, body)) => postcard::from_bytes(body).ok(),
-        _ => None,
-    }
-}
-
-const KEY_HARD_STATE: &[u8] = b"raft/hard_state";
-const KEY_SNAPSHOT: &[u8] = b"raft/snapshot";
-const KEY_APPLIED: &[u8] = b"raft/applied";
+use crate::store::{AppliedBlock, EngineOp, NewBlock, Store, WriteBatch};
+use restore::{decode_point, KEY_APPLIED, KEY_HARD_STATE, KEY_SNAPSHOT};
+use sync::sync_timeout;
+pub use wire::{decode_raft, encode_raft, message_kind, TAG_RAFT, TAG_SYNC};
 
 /// Knobs of the Raft engine beyond the core's own.
 #[derive(Clone, Debug)]
@@ -139,170 +108,7 @@ pub struct RaftEngine {
     serve: VecDeque<(NodeId, u64, u64)>,
 }
 
-/// The leading fields of a postcard-encoded [`Message`]: enough to name it without decoding
-/// (and copying) its entries a second time.
-#[derive(serde::Deserialize)]
-struct MessageHeader {
-    _from: u64,
-    _to: u64,
-    _term: u64,
-    /// postcard encodes the `MessageBody` variant index as a varint u32.
-    body_variant: u32,
-}
-
-/// The snake_case type name of a wire message (Raft or block sync), or "unknown" if it does
-/// not parse.
-pub fn message_kind(bytes: &[u8]) -> &'static str {
-    match bytes.split_first() {
-        Some((&TAG_RAFT, body)) => raft_message_kind(body),
-        // postcard encodes the `SyncMessage` variant index as a varint u32 first.
-        Some((&TAG_SYNC, [0, ..])) => "block_request",
-        Some((&TAG_SYNC, [1, ..])) => "block_response",
-        _ => "unknown",
-    }
-}
-
-/// The snake_case type name of a postcard-encoded Raft message (without the wire tag).
-fn raft_message_kind(bytes: &[u8]) -> &'static str {
-    const NAMES: [&str; 7] = [
-        "append_entries",
-        "append_entries_response",
-        "request_vote",
-        "request_vote_response",
-        "install_snapshot",
-        "install_snapshot_response",
-        "timeout_now",
-    ];
-    postcard::take_from_bytes::<MessageHeader>(bytes)
-        .ok()
-        .and_then(|(h, _)| NAMES.get(h.body_variant as usize).copied())
-        .unwrap_or("unknown")
-}
-
-/// The ledger point a Raft snapshot names.
-fn decode_point(bytes: &[u8]) -> Result<Head, EngineError> {
-    postcard::from_bytes(bytes).map_err(|e| EngineError::Corrupt(format!("raft snapshot: {e}")))
-}
-
-/// Ticks a block-sync request may stay unanswered before another peer is asked.
-fn sync_timeout(opts: &RaftOptions) -> u32 {
-    opts.election_tick.saturating_mul(2)
-}
-
-fn decode_hard_state(bytes: &[u8]) -> Result<HardState, EngineError> {
-    postcard::from_bytes(bytes).map_err(|e| EngineError::Corrupt(format!("raft hard state: {e}")))
-}
-
 impl RaftEngine {
-    /// Starts a node: fresh if the store holds no Raft state, else restarted from it.
-    pub fn open(
-        id: NodeId,
-        n: usize,
-        opts: RaftOptions,
-        store: &Store,
-    ) -> Result<Self, EngineError> {
-        let mut cfg = RaftConfig::new(id, (0..n as u64).collect());
-        cfg.election_tick = opts.election_tick;
-        cfg.heartbeat_tick = opts.heartbeat_tick;
-        cfg.seed = opts.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        cfg.max_inflight = 256;
-        // The core packs AppendEntries to the budget minus the wire tag in front of it.
-        cfg.max_msg_bytes = opts.max_message_bytes.saturating_sub(1);
-        let max_batch_bytes = opts
-            .max_message_bytes
-            .saturating_sub(ENVELOPE_ROOM)
-            .min(cfg.max_entry_data_bytes());
-        cfg.validate()
-            .map_err(|e| EngineError::Config(e.to_string()))?;
-        let hard_state = match store.engine_get(KEY_HARD_STATE)? {
-            Some(b) => Some(decode_hard_state(&b)?),
-            None => None,
-        };
-        let snapshot: Option<Snapshot> = match store.engine_get(KEY_SNAPSHOT)? {
-            Some(b) => Some(
-                postcard::from_bytes(&b)
-                    .map_err(|e| EngineError::Corrupt(format!("raft snapshot: {e}")))?,
-            ),
-            None => None,
-        };
-        let applied: u64 = match store.engine_get(KEY_APPLIED)? {
-            Some(b) => postcard::from_bytes(&b)
-                .map_err(|e| EngineError::Corrupt(format!("raft applied index: {e}")))?,
-            None => 0,
-        };
-        let mut entries = Vec::new();
-        for (index, bytes) in store.engine_log()? {
-            let e: Entry = postcard::from_bytes(&bytes)
-                .map_err(|e| EngineError::Corrupt(format!("raft log entry {index}: {e}")))?;
-            entries.push(e);
-        }
-        let snapshot_index = snapshot.as_ref().map_or(0, |s| s.index);
-        let point = match &snapshot {
-            Some(s) => Some(decode_point(&s.data)?),
-            None => None,
-        };
-        let mut raw = if hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
-            RawNode::new(cfg).map_err(|e| EngineError::Config(e.to_string()))?
-        } else {
-            RawNode::restart(
-                cfg,
-                PersistedState {
-                    hard_state: hard_state.unwrap_or_default(),
-                    snapshot,
-                    entries,
-                    applied,
-                },
-            )
-            .map_err(|e| EngineError::Corrupt(e.to_string()))?
-        };
-        let peers: Vec<NodeId> = (0..n as u64).filter(|&p| p != id).collect();
-        let timeout = sync_timeout(&opts);
-        let mut sync = None;
-        let mut clear_staging = false;
-        if let Some(point) = point {
-            let head = store.head()?;
-            if head.height < point.height {
-                // A block sync was under way when the node stopped: resume from what is
-                // staged if it still chains to the snapshot head, else start over.
-                let staged = match store.staged_range()? {
-                    Some((lo, hi)) if hi == point.height && lo > head.height => {
-                        let top = store.staged_blocks(hi, hi)?;
-                        let low = store.staged_blocks(lo, lo)?;
-                        match (top.first(), low.first()) {
-                            (Some(t), Some(l)) if t.hash == point.hash => Some((lo, l.prev_hash)),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
-                clear_staging = staged.is_none();
-                raw.hold_apply(true);
-                sync = Some(BlockSync::new(point, staged, peers.clone(), None, timeout));
-            }
-        }
-        Ok(RaftEngine {
-            raw,
-            opts,
-            pending: VecDeque::new(),
-            max_batch_bytes,
-            peers,
-            n: n as u64,
-            sync,
-            held: Vec::new(),
-            to_stage: Vec::new(),
-            clear_staging,
-            apply_credit: true,
-            serve: VecDeque::new(),
-            last_proposed: 0,
-            applied,
-            snapshot_index,
-            snapshot_to_persist: None,
-            leader_changes: 0,
-            last_leader: None,
-            reads: Vec::new(),
-        })
-    }
-
     /// Direct access to the core (Byzantine wrappers, tests).
     pub fn raw(&mut self) -> &mut RawNode {
         &mut self.raw
@@ -344,113 +150,6 @@ impl RaftEngine {
         }
     }
 
-    /// Block sync, once per poll: stage what arrived, ask for what is missing, apply what is
-    /// staged, and release the held Raft entries once the ledger reaches the snapshot.
-    fn sync_step(
-        &mut self,
-        store: &Store,
-        write: &mut WriteBatch,
-        messages: &mut Vec<Outgoing>,
-    ) -> Result<(), EngineError> {
-        write.clear_staging |= std::mem::take(&mut self.clear_staging);
-        write.stage.append(&mut self.to_stage);
-        let Some(sync) = &mut self.sync else {
-            return Ok(());
-        };
-        let head = store.head()?;
-        let target = sync.target();
-        if head.height >= target.height {
-            if head.height != target.height || head.hash != target.hash {
-                return Err(EngineError::Corrupt(format!(
-                    "block sync ended at height {} hash {}, not at the snapshot's height {} hash {}",
-                    head.height,
-                    hex::encode(head.hash),
-                    target.height,
-                    hex::encode(target.hash)
-                )));
-            }
-            tracing::debug!(height = head.height, "block sync complete");
-            self.sync = None;
-            self.raw.hold_apply(false);
-            let held = std::mem::take(&mut self.held);
-            self.apply_entries(&held, write);
-            return Ok(());
-        }
-        if sync.fetched(head.height) {
-            if self.apply_credit && write.stage.is_empty() {
-                let blocks = store.staged_blocks_limited(
-                    head.height + 1,
-                    target.height,
-                    SYNC_APPLY_BYTES,
-                )?;
-                if blocks.is_empty() {
-                    // Fetched but not staged: the staging table lost blocks (it is emptied
-                    // with a new target). Fetch again from the top.
-                    tracing::warn!(
-                        height = head.height,
-                        "staged blocks missing; block sync restarts"
-                    );
-                    *sync = BlockSync::new(
-                        target,
-                        None,
-                        self.peers.clone(),
-                        self.raw.leader(),
-                        sync_timeout(&self.opts),
-                    );
-                    write.clear_staging = true;
-                } else {
-                    self.apply_credit = false;
-                    write.synced = blocks;
-                }
-            }
-        } else if let Some((to, req)) = sync.next_request(head.height) {
-            messages.push(Outgoing {
-                to,
-                kind: "block_request",
-                bytes: tagged(TAG_SYNC, &req),
-            });
-        }
-        Ok(())
-    }
-
-    /// Answers queued block requests from the store: the top of the asked range that fits one
-    /// message, or nothing if this node does not hold the range's top.
-    fn serve_requests(
-        &mut self,
-        store: &Store,
-        messages: &mut Vec<Outgoing>,
-    ) -> Result<(), EngineError> {
-        if self.serve.is_empty() {
-            return Ok(());
-        }
-        // Wire tag, variant, two varint heights and the vector's length prefix.
-        let budget = self.opts.max_message_bytes.saturating_sub(64);
-        let head = store.head()?.height;
-        while let Some((to, lo, hi)) = self.serve.pop_front() {
-            let mut blocks = Vec::new();
-            let mut bytes = 0usize;
-            if hi <= head {
-                for h in (lo..=hi).rev() {
-                    let Some(b) = store.block(h)? else { break };
-                    let size = postcard_size(&b);
-                    if bytes + size > budget {
-                        break;
-                    }
-                    bytes += size;
-                    blocks.push(b);
-                }
-                blocks.reverse();
-            }
-            let resp = SyncMessage::Response { lo, hi, blocks };
-            messages.push(Outgoing {
-                to,
-                kind: "block_response",
-                bytes: tagged(TAG_SYNC, &resp),
-            });
-        }
-        Ok(())
-    }
-
     /// Turns committed entries into blocks of `write` (no-ops and undecodable entries make
     /// none) and records the applied index atomically with them.
     fn apply_entries(&mut self, entries: &[Entry], write: &mut WriteBatch) {
@@ -476,44 +175,6 @@ impl RaftEngine {
                 key: KEY_APPLIED.to_vec(),
                 value: postcard::to_allocvec(&self.applied).unwrap_or_default(),
             });
-        }
-    }
-
-    fn on_sync_message(&mut self, from: NodeId, body: &[u8]) -> Result<(), Rejected> {
-        let msg: SyncMessage = postcard::from_bytes(body).map_err(|_| Rejected {
-            reason: "malformed",
-        })?;
-        if from >= self.n || from == self.raw.id() {
-            return Err(Rejected {
-                reason: "unknown_peer",
-            });
-        }
-        match msg {
-            SyncMessage::Request { lo, hi } => {
-                if lo == 0 || hi < lo {
-                    return Err(Rejected { reason: "invalid" });
-                }
-                if self.serve.len() < MAX_SERVE_QUEUE {
-                    self.serve.push_back((from, lo, hi));
-                }
-                Ok(())
-            }
-            SyncMessage::Response { lo, hi, blocks } => {
-                let Some(sync) = &mut self.sync else {
-                    return Ok(()); // late answer to a finished sync
-                };
-                match sync.on_response(from, lo, hi, blocks) {
-                    Ok(Outcome::Stage(blocks)) => {
-                        self.to_stage.extend(blocks);
-                        Ok(())
-                    }
-                    Ok(Outcome::Ignored | Outcome::Unavailable) => Ok(()),
-                    Err(e) => {
-                        tracing::warn!(peer = from, error = %e, "block sync: blocks refused; asking another peer");
-                        Err(Rejected { reason: e.reason() })
-                    }
-                }
-            }
         }
     }
 
@@ -774,78 +435,5 @@ impl Engine for RaftEngine {
             }
         });
         ready
-    }
-}
-
-#[cfg(test)]
-mod kind_tests {
-    use faultline_raft::{Entry, Message, MessageBody, Snapshot};
-
-    #[test]
-    fn message_kind_names_every_message_like_type_name() {
-        let bodies = vec![
-            MessageBody::AppendEntries {
-                prev_log_index: 3,
-                prev_log_term: 1,
-                entries: vec![Entry {
-                    term: 1,
-                    index: 4,
-                    data: vec![1, 2, 3],
-                }],
-                leader_commit: 2,
-                read_ctx: Some(9),
-            },
-            MessageBody::AppendEntriesResponse {
-                success: true,
-                match_index: 4,
-                reject_hint: None,
-                read_ctx: None,
-            },
-            MessageBody::RequestVote {
-                last_log_index: 1,
-                last_log_term: 1,
-                pre_vote: true,
-                transfer: false,
-            },
-            MessageBody::RequestVoteResponse {
-                granted: true,
-                pre_vote: false,
-            },
-            MessageBody::InstallSnapshot {
-                snapshot: Snapshot {
-                    index: 1,
-                    term: 1,
-                    data: vec![0; 10],
-                },
-            },
-            MessageBody::InstallSnapshotResponse { match_index: 7 },
-            MessageBody::TimeoutNow,
-        ];
-        for body in bodies {
-            let m = Message {
-                from: 300,
-                to: 1,
-                term: u64::MAX,
-                body,
-            };
-            let bytes = super::encode_raft(&m);
-            assert_eq!(super::message_kind(&bytes), m.type_name());
-        }
-        assert_eq!(super::message_kind(&[0xff]), "unknown");
-        assert_eq!(super::message_kind(&[0, 0xff]), "unknown");
-        let req = super::SyncMessage::Request { lo: 1, hi: 2 };
-        let resp = super::SyncMessage::Response {
-            lo: 1,
-            hi: 2,
-            blocks: Vec::new(),
-        };
-        assert_eq!(
-            super::message_kind(&super::tagged(super::TAG_SYNC, &req)),
-            "block_request"
-        );
-        assert_eq!(
-            super::message_kind(&super::tagged(super::TAG_SYNC, &resp)),
-            "block_response"
-        );
     }
 }

@@ -1,0 +1,252 @@
+//! The checks after the faults are healed: equal heads, every block on every node, the ledger
+//! replayed against what the clients were told and what each node's database holds, `verify`
+//! on every data dir, and the reads of each key checked for linearizability.
+
+mod reads;
+mod replay;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::ClusterConfig;
+use crate::ledger::Block;
+pub use reads::{check_reads, ReadFindings};
+pub use replay::{check_acked, check_store, replay, Replay};
+
+/// Blocks fetched at once from one node during the scan.
+const SCAN_PARALLEL: usize = 16;
+
+/// One check and its result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+    /// A failed check that is not enforced is a known finding (printed, not a violation).
+    pub enforced: bool,
+}
+
+impl Check {
+    pub fn new(name: &str, problems: &[String], ok_detail: String, enforced: bool) -> Check {
+        Check {
+            name: name.into(),
+            passed: problems.is_empty(),
+            detail: if problems.is_empty() {
+                ok_detail
+            } else {
+                summarize(problems)
+            },
+            enforced,
+        }
+    }
+}
+
+/// The first few problems and how many more there were.
+fn summarize(problems: &[String]) -> String {
+    let mut s = problems
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > 5 {
+        s.push_str(&format!("; … {} more", problems.len() - 5));
+    }
+    s
+}
+
+async fn get_json(http: &reqwest::Client, url: String, timeout: Duration) -> Option<(u16, Value)> {
+    let resp = http.get(url).timeout(timeout).send().await.ok()?;
+    let code = resp.status().as_u16();
+    Some((code, resp.json().await.unwrap_or(Value::Null)))
+}
+
+/// Every node's `(height, head hash)`, None for a node that does not answer.
+pub async fn heads(cluster: &ClusterConfig, http: &reqwest::Client) -> Vec<Option<(u64, String)>> {
+    let mut out = Vec::new();
+    for node in &cluster.nodes {
+        let url = format!("http://{}/v1/status", node.api);
+        let head = match get_json(http, url, Duration::from_secs(2)).await {
+            Some((200, v)) => v["height"]
+                .as_u64()
+                .zip(v["head_hash"].as_str().map(str::to_string)),
+            _ => None,
+        };
+        out.push(head);
+    }
+    out
+}
+
+/// Waits (bounded) until every node answers with the same height and head hash.
+pub async fn converge(
+    cluster: &ClusterConfig,
+    http: &reqwest::Client,
+    deadline: Duration,
+) -> (Check, Option<u64>) {
+    let start = Instant::now();
+    loop {
+        let hs = heads(cluster, http).await;
+        let first = hs.first().cloned().flatten();
+        if first.is_some() && hs.iter().all(|h| *h == first) {
+            let (height, hash) = first.unwrap_or_default();
+            let check = Check::new(
+                "same head on every node",
+                &[],
+                format!(
+                    "height {height}, head {} after {:.1} s",
+                    &hash[..hash.len().min(16)],
+                    start.elapsed().as_secs_f64()
+                ),
+                true,
+            );
+            return (check, Some(height));
+        }
+        if start.elapsed() > deadline {
+            let problems: Vec<String> = hs
+                .iter()
+                .enumerate()
+                .map(|(i, h)| match h {
+                    Some((height, hash)) => {
+                        format!("node {i} at {height} {}", &hash[..hash.len().min(16)])
+                    }
+                    None => format!("node {i} does not answer"),
+                })
+                .collect();
+            let max = hs.iter().flatten().map(|h| h.0).max();
+            let mut check = Check::new("same head on every node", &problems, String::new(), true);
+            check.detail = format!(
+                "not converged after {} s: {}",
+                deadline.as_secs(),
+                check.detail
+            );
+            return (check, max);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the scan of one node found.
+pub struct NodeBlocks {
+    pub blocks: BTreeMap<u64, Block>,
+    /// Heights that answered 404.
+    pub missing: Vec<u64>,
+    /// Heights that failed otherwise (no answer, bad JSON, another status).
+    pub errors: Vec<String>,
+}
+
+/// Fetches blocks 1..=height from node `i` with `GET /v1/blocks/H`.
+pub async fn scan_node(
+    cluster: &ClusterConfig,
+    http: &reqwest::Client,
+    i: usize,
+    height: u64,
+) -> NodeBlocks {
+    let mut out = NodeBlocks {
+        blocks: BTreeMap::new(),
+        missing: Vec::new(),
+        errors: Vec::new(),
+    };
+    let api = cluster.nodes[i].api;
+    let mut next = 1u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.len() < SCAN_PARALLEL && next <= height {
+            let (http, h) = (http.clone(), next);
+            tasks.spawn(async move {
+                let url = format!("http://{api}/v1/blocks/{h}");
+                (h, get_json(&http, url, Duration::from_secs(10)).await)
+            });
+            next += 1;
+        }
+        let Some(res) = tasks.join_next().await else {
+            break;
+        };
+        let Ok((h, answer)) = res else { continue };
+        match answer {
+            Some((200, v)) => match serde_json::from_value::<Block>(v) {
+                Ok(b) if b.height == h => {
+                    out.blocks.insert(h, b);
+                }
+                Ok(b) => out
+                    .errors
+                    .push(format!("height {h}: block claims height {}", b.height)),
+                Err(e) => out.errors.push(format!("height {h}: {e}")),
+            },
+            Some((404, _)) => out.missing.push(h),
+            Some((code, v)) => out.errors.push(format!("height {h}: {code} {v}")),
+            None => out.errors.push(format!("height {h}: no answer")),
+        }
+    }
+    out.missing.sort_unstable();
+    out
+}
+
+/// `a..=b` runs of sorted heights, for short messages.
+fn ranges(hs: &[u64]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < hs.len() {
+        let mut j = i;
+        while j + 1 < hs.len() && hs[j + 1] == hs[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            hs[i].to_string()
+        } else {
+            format!("{}..={}", hs[i], hs[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// Checks that every node holds every block and that all agree at every height; returns the
+/// index of a node with the complete chain, if any.
+pub fn compare_chains(scans: &[NodeBlocks], height: u64) -> (Vec<Check>, Option<usize>) {
+    let mut missing = Vec::new();
+    for (i, s) in scans.iter().enumerate() {
+        if !s.missing.is_empty() {
+            missing.push(format!(
+                "node {i} answers 404 for blocks {} of 1..={height}",
+                ranges(&s.missing)
+            ));
+        }
+        for e in s.errors.iter().take(3) {
+            missing.push(format!("node {i}: {e}"));
+        }
+    }
+    let mut differ = Vec::new();
+    for h in 1..=height {
+        let mut first: Option<(usize, [u8; 32])> = None;
+        for (i, s) in scans.iter().enumerate() {
+            let Some(b) = s.blocks.get(&h) else { continue };
+            match first {
+                None => first = Some((i, b.hash)),
+                Some((j, hash)) if hash != b.hash => differ.push(format!(
+                    "height {h}: node {j} and node {i} hold different blocks"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    let complete = scans
+        .iter()
+        .position(|s| s.missing.is_empty() && s.errors.is_empty());
+    let checks = vec![
+        Check::new(
+            "every block 1..=height on every node (GET /v1/blocks/H)",
+            &missing,
+            format!("{} nodes × {height} blocks", scans.len()),
+            true,
+        ),
+        Check::new(
+            "the same block at every height",
+            &differ,
+            format!("{height} heights compared"),
+            true,
+        ),
+    ];
+    (checks, complete)
+}
