@@ -538,6 +538,17 @@ impl<A: App> Replica<A> {
     /// backup keeps it, relays it to the primary if the primary has not ordered it soon
     /// (`relay_overdue`) and starts its request timer (PBFT §4.1, §4.4).
     pub fn submit(&mut self, request: Vec<u8>) -> Result<(), SubmitError> {
+        self.accept(request, false)
+    }
+
+    /// A request that only this replica holds — a read marker it issued (TOCS §5.1.3) — rather
+    /// than one a client sent to every replica: as [`Replica::submit`], except that a backup
+    /// relays it to the primary at once, since nobody else will hand it over.
+    pub fn submit_own(&mut self, request: Vec<u8>) -> Result<(), SubmitError> {
+        self.accept(request, true)
+    }
+
+    fn accept(&mut self, request: Vec<u8>, relay_now: bool) -> Result<(), SubmitError> {
         if request.len() > MAX_REQUEST_BYTES
             || request_cost(request.len()) > self.cfg.batch_budget()
         {
@@ -569,12 +580,21 @@ impl<A: App> Replica<A> {
             self.propose(false);
             self.arm_request_timer();
         } else {
-            self.pending.insert(h, request);
             if !self.in_view_change {
-                self.relay_due.push_back((self.ticks, h));
+                if relay_now {
+                    let m = self.sign(&Payload::Request(Request {
+                        replica: self.me,
+                        request: request.clone(),
+                    }));
+                    let p = self.cfg.primary(self.view);
+                    self.send(p, "request", &m);
+                } else {
+                    self.relay_due.push_back((self.ticks, h));
+                }
                 self.request_timer
                     .start_if_stopped(self.cfg.request_timeout_ticks);
             }
+            self.pending.insert(h, request);
         }
         Ok(())
     }

@@ -137,6 +137,20 @@ fn backup_forwards_requests_to_primary() {
     }
 }
 
+/// A request only the backup holds (a read marker it issued) is relayed at once.
+#[test]
+fn a_backup_relays_its_own_request_at_once() {
+    let mut c = Cluster::new(4);
+    c.r(2).submit_own(b"marker".to_vec()).unwrap();
+    c.pump(2);
+    assert_eq!(c.sent["request"], 1);
+    c.run();
+    c.run_ticks(1);
+    for id in 0..4 {
+        assert_eq!(c.committed(id).len(), 1, "replica {id}");
+    }
+}
+
 /// A client that sends its request to every replica (ours do) costs no relays: the primary
 /// orders it before any backup's relay delay runs out.
 #[test]

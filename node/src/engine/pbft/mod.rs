@@ -153,9 +153,10 @@ impl PbftEngine {
 
     /// Orders one read marker for every read begun since the last one (TOCS §5.1.3: a read
     /// that must be linearizable without trusting any quorum of replies goes through the
-    /// normal-case protocol like a write). `submit` relays it to the primary from a backup
-    /// and arms the request timer, so a primary that drops markers is replaced by a view
-    /// change (PBFT §4.4) exactly as one that drops client requests.
+    /// normal-case protocol like a write). `submit_own` relays it to the primary from a backup
+    /// at once (no client sent it to the primary) and arms the request timer, so a primary that
+    /// drops markers is replaced by a view change (PBFT §4.4) exactly as one that drops client
+    /// requests.
     fn issue_marker(&mut self) {
         if self.reads_unmarked.is_empty() {
             return;
@@ -165,7 +166,7 @@ impl PbftEngine {
         let bytes = postcard::to_allocvec(&marker).unwrap_or_default();
         self.replica.app().remember(&[marker.hash()]);
         let ctxs = std::mem::take(&mut self.reads_unmarked);
-        match self.replica.submit(bytes) {
+        match self.replica.submit_own(bytes) {
             Ok(()) => {
                 self.reads_marked.insert(
                     nonce,
