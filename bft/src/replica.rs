@@ -101,7 +101,9 @@ pub struct Replica<A: App> {
     /// Requests submitted at this backup and not yet executed (the request timer watches them).
     pending: Arrivals,
     /// Requests this backup accepted from a client, by the tick they arrived: relayed to the
-    /// primary only if it has not pre-prepared them within `relay_delay` (see `relay_overdue`).
+    /// primary only if it has not pre-prepared them within a quarter of the request timeout
+    /// (see `relay_overdue`). Popped as they come due, so it holds at most that many ticks'
+    /// worth of arrivals.
     relay_due: VecDeque<(u64, Hash)>,
     request_timer: Timer,
 
