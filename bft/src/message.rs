@@ -241,10 +241,15 @@ impl Payload {
     }
 }
 
-/// Postcard encoding of our own (in-memory, well-formed) values. Encoding into a Vec cannot fail
-/// for these types: no maps with non-string keys, no unsized sequences.
+/// Postcard encoding of our own (in-memory, well-formed) values. Encoding into a Vec fails only
+/// for a sequence of unknown length or a `Serialize` impl that errors, and none of these types
+/// has either, so a failure is a bug: it stops here rather than signing, sending or persisting
+/// empty bytes.
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
+    match postcard::to_allocvec(v) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("BUG: cannot encode a {}: {e}", std::any::type_name::<T>()),
+    }
 }
 
 /// Encodes a payload canonically.

@@ -87,10 +87,15 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, S
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // postcard serialization of our own in-memory types into a Vec cannot fail (no maps with
-    // non-string keys, no unsized sequences); an empty value would show up as Corrupt on read.
-    postcard::to_allocvec(value).unwrap_or_default()
+/// Postcard bytes of one of our own values, for the store or the wire. Encoding into a Vec
+/// fails only for a sequence of unknown length or a `Serialize` impl that errors, and none of
+/// our types has either, so a failure is a bug: it stops the node here rather than persisting
+/// or sending empty bytes that would surface later, far away, as corruption.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    match postcard::to_allocvec(value) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("BUG: cannot encode a {}: {e}", std::any::type_name::<T>()),
+    }
 }
 
 fn client_seq_key(client: &[u8; 32], seq: u64) -> [u8; 40] {

@@ -163,7 +163,7 @@ impl PbftEngine {
         }
         let nonce = self.next_nonce();
         let marker = Tx::sign(&self.key, nonce, Op::Read {});
-        let bytes = postcard::to_allocvec(&marker).unwrap_or_default();
+        let bytes = crate::store::encode(&marker);
         self.replica.app().remember(&[marker.hash()]);
         let ctxs = std::mem::take(&mut self.reads_unmarked);
         match self.replica.submit_own(bytes) {
@@ -218,11 +218,7 @@ impl PbftEngine {
             let Some(cert) = &block.certificate else {
                 break;
             };
-            let requests: Vec<Vec<u8>> = block
-                .txs
-                .iter()
-                .map(|t| postcard::to_allocvec(t).unwrap_or_default())
-                .collect();
+            let requests: Vec<Vec<u8>> = block.txs.iter().map(crate::store::encode).collect();
             let batch = CommittedBatch {
                 seq: h,
                 view: cert.view,
@@ -230,7 +226,7 @@ impl PbftEngine {
                 digest: cert.digest,
                 certificate: from_certificate(cert),
             };
-            let size = postcard::to_allocvec(&batch).map(|b| b.len()).unwrap_or(0);
+            let size = crate::store::encode(&batch).len();
             if !batches.is_empty() && used + size > room {
                 break;
             }
@@ -289,10 +285,7 @@ impl Engine for PbftEngine {
     fn propose(&mut self, txs: Vec<Tx>) -> Result<(), ProposeError> {
         // The caller checked these signatures (the API batch-verifies every request): record
         // them so neither `submit` nor the pre-prepare's batch check verifies them again.
-        let encoded: Vec<Vec<u8>> = txs
-            .iter()
-            .map(|tx| postcard::to_allocvec(tx).unwrap_or_default())
-            .collect();
+        let encoded: Vec<Vec<u8>> = txs.iter().map(crate::store::encode).collect();
         // Refuse the whole request before submitting any of it if one transaction can never
         // be ordered: no batch under the message budget could carry it.
         let budget = self.replica.config().batch_budget();
@@ -327,8 +320,7 @@ impl Engine for PbftEngine {
             self.wrote_cluster = true;
             write.engine.push(EngineOp::Put {
                 key: KEY_CLUSTER.to_vec(),
-                value: postcard::to_allocvec(&(self.f as u64, &self.public_keys))
-                    .unwrap_or_default(),
+                value: crate::store::encode(&(self.f as u64, &self.public_keys)),
             });
         }
         self.issue_marker();

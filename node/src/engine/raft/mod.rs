@@ -136,7 +136,7 @@ impl RaftEngine {
             }
             let batch: Vec<(Tx, usize)> = self.pending.drain(..take).collect();
             let txs: Vec<&Tx> = batch.iter().map(|(tx, _)| tx).collect();
-            let data = postcard::to_allocvec(&txs).unwrap_or_default();
+            let data = crate::store::encode(&txs);
             match self.raw.propose(data) {
                 Ok(index) => self.last_proposed = index,
                 Err(_) => {
@@ -173,7 +173,7 @@ impl RaftEngine {
             // Atomic with the blocks: a restart never re-applies an entry.
             write.engine.push(EngineOp::Put {
                 key: KEY_APPLIED.to_vec(),
-                value: postcard::to_allocvec(&self.applied).unwrap_or_default(),
+                value: crate::store::encode(&self.applied),
             });
         }
     }
@@ -273,7 +273,7 @@ impl Engine for RaftEngine {
         if let Some(snap) = self.snapshot_to_persist.take() {
             write.engine.push(EngineOp::Put {
                 key: KEY_SNAPSHOT.to_vec(),
-                value: postcard::to_allocvec(&snap).unwrap_or_default(),
+                value: crate::store::encode(&snap),
             });
             write
                 .engine
@@ -292,11 +292,11 @@ impl Engine for RaftEngine {
             write.engine.push(EngineOp::LogTruncateFrom { from: 0 });
             write.engine.push(EngineOp::Put {
                 key: KEY_SNAPSHOT.to_vec(),
-                value: postcard::to_allocvec(&snap).unwrap_or_default(),
+                value: crate::store::encode(&snap),
             });
             write.engine.push(EngineOp::Put {
                 key: KEY_APPLIED.to_vec(),
-                value: postcard::to_allocvec(&snap.index).unwrap_or_default(),
+                value: crate::store::encode(&snap.index),
             });
             self.applied = snap.index;
             self.snapshot_index = snap.index;
@@ -332,14 +332,14 @@ impl Engine for RaftEngine {
             for e in &ready.entries {
                 write.engine.push(EngineOp::LogPut {
                     index: e.index,
-                    value: postcard::to_allocvec(e).unwrap_or_default(),
+                    value: crate::store::encode(e),
                 });
             }
         }
         if let Some(hs) = ready.hard_state {
             write.engine.push(EngineOp::Put {
                 key: KEY_HARD_STATE.to_vec(),
-                value: postcard::to_allocvec(&hs).unwrap_or_default(),
+                value: crate::store::encode(&hs),
             });
         }
         if self.sync.is_some() {
@@ -364,7 +364,7 @@ impl Engine for RaftEngine {
         // Raft §7: compact the log behind a snapshot. The snapshot names the ledger point
         // (head at the applied index); the blocks stay, so followers behind it sync them.
         if self.sync.is_none() && self.applied >= self.snapshot_index + self.opts.compact_every {
-            let data = postcard::to_allocvec(&store.head()?).unwrap_or_default();
+            let data = crate::store::encode(&store.head()?);
             let index = self.applied;
             match self.raw.compact(index, data) {
                 Ok(()) => {

@@ -13,9 +13,7 @@ pub const TAG_SYNC: u8 = 1;
 
 pub(super) fn tagged<T: serde::Serialize>(tag: u8, value: &T) -> Arc<[u8]> {
     let mut out = vec![tag];
-    // postcard serialization of our own types into a Vec cannot fail (no maps with
-    // non-string keys, no unsized sequences).
-    out.extend(postcard::to_allocvec(value).unwrap_or_default());
+    out.extend(crate::store::encode(value));
     out.into()
 }
 
