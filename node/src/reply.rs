@@ -96,16 +96,20 @@ pub fn parse_batch_results(body: &serde_json::Value) -> Option<Vec<BatchResult>>
     body.get("results")?
         .as_array()?
         .iter()
-        .map(|e| {
-            let mut tx_hash = [0u8; 32];
-            hex::decode_to_slice(e.get("tx_hash")?.as_str()?, &mut tx_hash).ok()?;
-            Some(BatchResult {
-                tx_hash,
-                height: e.get("height")?.as_u64()?,
-                result: e.get("result")?.clone(),
-            })
-        })
+        .map(parse_result)
         .collect()
+}
+
+/// One `{tx_hash, height, result}` entry: an element of a batch reply's `results`, or the
+/// whole reply to `POST /v1/tx` (which has these fields too).
+pub fn parse_result(e: &serde_json::Value) -> Option<BatchResult> {
+    let mut tx_hash = [0u8; 32];
+    hex::decode_to_slice(e.get("tx_hash")?.as_str()?, &mut tx_hash).ok()?;
+    Some(BatchResult {
+        tx_hash,
+        height: e.get("height")?.as_u64()?,
+        result: e.get("result")?.clone(),
+    })
 }
 
 const READ_DOMAIN: &[u8] = b"faultline-read-reply-v1";

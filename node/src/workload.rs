@@ -251,16 +251,8 @@ pub async fn run(
 /// (tx hash, height, result JSON) of each committed transaction of a batch reply, or of the
 /// one transaction of a `POST /v1/tx` reply.
 fn committed_entries(body: &Value) -> Vec<([u8; 32], u64, String)> {
-    let results = crate::reply::parse_batch_results(body).or_else(|| {
-        let mut tx_hash = [0u8; 32];
-        hex::decode_to_slice(body.get("tx_hash")?.as_str()?, &mut tx_hash).ok()?;
-        Some(vec![crate::reply::BatchResult {
-            tx_hash,
-            height: body.get("height")?.as_u64()?,
-            result: body.get("result")?.clone(),
-        }])
-    });
-    results
+    crate::reply::parse_batch_results(body)
+        .or_else(|| crate::reply::parse_result(body).map(|r| vec![r]))
         .unwrap_or_default()
         .into_iter()
         .filter(|r| r.height > 0)

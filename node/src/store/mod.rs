@@ -340,11 +340,18 @@ impl Store {
     }
 
     fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<T, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(META)?;
-        let v = t
-            .get(key)?
-            .ok_or_else(|| StoreError::Corrupt(format!("missing {key}")))?;
-        decode(key, v.value())
+        meta_in(&self.db.begin_read()?, key)
     }
+}
+
+/// A META value read inside `txn`, so a caller can read it together with other tables.
+fn meta_in<T: for<'de> Deserialize<'de>>(
+    txn: &redb::ReadTransaction,
+    key: &str,
+) -> Result<T, StoreError> {
+    let t = txn.open_table(META)?;
+    let v = t
+        .get(key)?
+        .ok_or_else(|| StoreError::Corrupt(format!("missing {key}")))?;
+    decode(key, v.value())
 }

@@ -4,8 +4,8 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
-    client_seq_key, decode, Head, Store, StoreError, BALANCES, BLOCKS, CLIENT_SEQ, KV, META,
-    META_BASE, META_GENESIS, META_HEAD, TX_RESULTS,
+    client_seq_key, decode, Head, Store, StoreError, BALANCES, BLOCKS, CLIENT_SEQ, KV, META_BASE,
+    META_GENESIS, META_HEAD, TX_RESULTS,
 };
 use crate::ledger::{Block, Genesis, TxRecord};
 
@@ -50,13 +50,7 @@ impl Store {
     /// reply vouches for exactly this pair, so a block applied in between must not mix them.
     pub fn get_with_height(&self, key: &str) -> Result<(Option<String>, u64), StoreError> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let head: Head = decode(
-            META_HEAD,
-            meta.get(META_HEAD)?
-                .ok_or_else(|| StoreError::Corrupt(format!("missing {META_HEAD}")))?
-                .value(),
-        )?;
+        let head: Head = super::meta_in(&txn, META_HEAD)?;
         let t = txn.open_table(KV)?;
         Ok((t.get(key)?.map(|v| v.value().to_string()), head.height))
     }
@@ -65,13 +59,7 @@ impl Store {
     /// [`Store::get_with_height`]).
     pub fn balance_with_height(&self, account: &str) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let head: Head = decode(
-            META_HEAD,
-            meta.get(META_HEAD)?
-                .ok_or_else(|| StoreError::Corrupt(format!("missing {META_HEAD}")))?
-                .value(),
-        )?;
+        let head: Head = super::meta_in(&txn, META_HEAD)?;
         let t = txn.open_table(BALANCES)?;
         Ok((t.get(account)?.map(|v| v.value()).unwrap_or(0), head.height))
     }
