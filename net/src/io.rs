@@ -22,6 +22,16 @@ const READ_BUFFER_BYTES: usize = 128 * 1024;
 /// A frame's buffer grows by at most this much ahead of the bytes that arrived.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
+/// What the driver tells a peer's writer about its outbound streams.
+pub(crate) enum StreamUpdate {
+    /// Our stream on this connection is ready: write to it from now on.
+    Ready(ConnectionId, Stream),
+    /// This connection is closed: stop writing to its stream. Without this the writer would take
+    /// the next queued message and lose it on the dead stream, even when a new connection's
+    /// stream is about to arrive.
+    Closed(ConnectionId),
+}
+
 pub(crate) struct Outgoing {
     pub kind: &'static str,
     pub bytes: Arc<[u8]>,
@@ -52,7 +62,7 @@ impl BatchTally {
 pub(crate) async fn writer_task(
     node: NodeId,
     mut queue: mpsc::Receiver<Outgoing>,
-    mut streams: mpsc::UnboundedReceiver<(ConnectionId, Stream)>,
+    mut streams: mpsc::UnboundedReceiver<StreamUpdate>,
     shared: Arc<Shared>,
     ctrl: mpsc::UnboundedSender<Ctrl>,
 ) {
@@ -63,7 +73,12 @@ pub(crate) async fn writer_task(
             biased;
             s = streams.recv() => match s {
                 // A newer stream replaces the old one (the old connection is gone or going).
-                Some(s) => current = Some(s),
+                Some(StreamUpdate::Ready(conn, stream)) => current = Some((conn, stream)),
+                Some(StreamUpdate::Closed(conn)) => {
+                    if current.as_ref().is_some_and(|(c, _)| *c == conn) {
+                        current = None;
+                    }
+                }
                 None => return,
             },
             m = queue.recv(), if current.is_some() => {

@@ -503,7 +503,7 @@ struct PeerState {
     stalled: bool,
     next_dial: Option<Instant>,
     backoff: Duration,
-    streams: mpsc::UnboundedSender<(ConnectionId, libp2p::Stream)>,
+    streams: mpsc::UnboundedSender<io::StreamUpdate>,
 }
 
 /// Starts the network on the current tokio runtime (spawns its tasks). Returns once the listener
@@ -833,12 +833,18 @@ impl Driver {
                 tracing::info!(node = self.id, peer = node, addr = %endpoint.get_remote_address(), "peer connected");
                 self.set_connected(node, true);
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
                 let Some(&node) = self.by_peer_id.get(&peer_id) else {
                     return;
                 };
                 let mut down = false;
                 if let Some(p) = self.peers.get_mut(&node) {
+                    let _ = p.streams.send(io::StreamUpdate::Closed(connection_id));
                     p.connections = p.connections.saturating_sub(1);
                     down = p.connections == 0;
                 }
@@ -928,7 +934,7 @@ impl Driver {
             HandlerOut::Outbound(stream) => {
                 if let Some(p) = self.peers.get_mut(&node) {
                     p.backoff = REDIAL_MIN;
-                    let _ = p.streams.send((connection, stream));
+                    let _ = p.streams.send(io::StreamUpdate::Ready(connection, stream));
                 }
             }
             HandlerOut::OutboundFailed(e) => {

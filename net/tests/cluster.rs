@@ -182,6 +182,12 @@ async fn peer_restart_is_redialed_and_messages_flow_again() {
             nodes[0].handle.connected_peers() == 0
         })
         .await;
+        // Sent while the peer is down: it waits in the queue for the next connection instead of
+        // being written to the closed connection's stream and lost.
+        nodes[0]
+            .handle
+            .send(1, "a", Arc::from(&b"while down"[..]))
+            .unwrap();
         let mut cfg1 = cfg1;
         cfg1.listen = addr1;
         let (h1, mut rx1) = start(cfg1.clone()).await.unwrap();
@@ -194,14 +200,13 @@ async fn peer_restart_is_redialed_and_messages_flow_again() {
             .send(1, "a", Arc::from(&b"after"[..]))
             .unwrap();
         h1.send(0, "a", Arc::from(&b"back"[..])).unwrap();
-        // Anything queued by node 0 while node 1 was down may come first; "after" must arrive.
-        loop {
+        // What was queued while node 1 was down arrives first, then "after"; nothing is lost.
+        for want in [&b"while down"[..], b"after"] {
             let m = recv(&mut rx1).await;
             assert_eq!(m.from, 0);
-            if m.bytes == b"after" {
-                break;
-            }
+            assert_eq!(m.bytes, want);
         }
+        assert_eq!(nodes[0].handle.stats().dropped_send_failed, 0);
         assert_eq!(recv(&mut nodes[0].rx).await.bytes, b"back");
 
         // Restart the dialer (id 0): it dials again at start.
