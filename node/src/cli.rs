@@ -8,12 +8,32 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::config::ByzantineSpec;
 use crate::config::{Protocol, Timing};
-use crate::faults::ByzantineSpec;
 use crate::{keys, testnet, verify};
 
-/// Exit code when a run saw a safety violation (`local`, `sim`).
-pub const EXIT_UNSAFE: u8 = 3;
+use crate::sim::sweep::Outcome;
+
+/// The exit code of a run's outcome, the one place that numbers them (`sim`, `local`, `nemesis`;
+/// docs/SPEC.md): 0 ok, 3 a safety violation, 4 stalled after the faults stopped, 5 a message
+/// over the size budget.
+pub fn exit_code(v: Outcome) -> ExitCode {
+    ExitCode::from(match v {
+        Outcome::Ok => 0,
+        Outcome::Unsafe => 3,
+        Outcome::Stalled => 4,
+        Outcome::Oversized => 5,
+    })
+}
+
+/// The outcome of a run that only checks safety (`local`, `nemesis`).
+fn safety(safe: bool) -> Outcome {
+    if safe {
+        Outcome::Ok
+    } else {
+        Outcome::Unsafe
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -368,8 +388,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 large_values,
                 ..crate::sim::SimConfig::new(protocol, nodes, 0)
             };
-            let code = crate::sim::sweep::run_sweep(&base, seeds.first, seeds.last, json)?;
-            Ok(ExitCode::from(code))
+            let outcome = crate::sim::sweep::run_sweep(&base, seeds.first, seeds.last, json)?;
+            Ok(exit_code(outcome))
         }
         Command::Local {
             protocol,
@@ -401,11 +421,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .map_or(1, |d| d.as_secs())
                 });
                 let ok = crate::nemesis::local(spec, json)?;
-                return Ok(if ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_UNSAFE)
-                });
+                return Ok(exit_code(safety(ok)));
             }
             if let Some(r) = rate {
                 if !(r.is_finite() && r > 0.0) {
@@ -428,11 +444,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 None => crate::local::local(sc, json)?,
             };
-            Ok(if safe {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_UNSAFE)
-            })
+            Ok(exit_code(safety(safe)))
         }
         Command::Ui { cluster, listen } => {
             crate::ui::watch_cluster(&cluster, listen)?;

@@ -16,7 +16,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::config::Protocol;
-use crate::faults::{ByzantineMode, ByzantineSpec};
+use crate::config::{ByzantineMode, ByzantineSpec};
 use crate::local::{block_on_interruptible, run_scenario, FaultAt, Scenario, Summary, Target};
 use crate::sim::{self, SimConfig, SimReport};
 

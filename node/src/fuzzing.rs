@@ -6,8 +6,9 @@
 use std::sync::OnceLock;
 
 use crate::config::{ClusterConfig, NodeConfig, Protocol};
-use crate::engine::{self, EngineSetup};
+use crate::engine;
 use crate::ledger::Tx;
+use crate::setup::{open_engine, EngineSetup};
 use crate::sim::{sim_cluster, sim_node_key, sim_timing};
 use crate::store::Store;
 
@@ -58,7 +59,7 @@ pub fn engine_message(protocol: Protocol, data: &[u8]) {
     let Some(base) = pristine(protocol) else {
         return;
     };
-    let Ok(mut engine) = engine::open(
+    let Ok(mut engine) = open_engine(
         EngineSetup {
             id: 0,
             cluster: &base.cluster,
@@ -156,7 +157,7 @@ pub fn seed_messages(protocol: Protocol) -> Vec<Vec<u8>> {
         else {
             return Vec::new();
         };
-        let Ok(engine) = engine::open(
+        let Ok(engine) = open_engine(
             EngineSetup {
                 id,
                 cluster: &cluster,

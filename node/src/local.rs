@@ -11,8 +11,8 @@ use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::config::ByzantineSpec;
 use crate::config::Protocol;
-use crate::faults::ByzantineSpec;
 use crate::workload::{self, WorkloadSpec};
 
 /// How long a cluster may take to elect a leader and connect.

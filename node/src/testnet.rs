@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::config::ByzantineSpec;
 use crate::config::{
     Batching, ClientEntry, ClusterConfig, Limits, NodeConfig, NodeEntry, Protocol, Timing,
 };
-use crate::faults::ByzantineSpec;
 use crate::keys;
 use crate::ledger::Genesis;
 

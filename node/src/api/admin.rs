@@ -95,13 +95,13 @@ struct PartitionBody {
 /// packets; agreement never depends on the network), but it is still not something a remote
 /// client of an API port open to anyone should be able to do. A loopback peer address cannot
 /// be forged over TCP, so the check is sound for the local clusters it serves.
-fn admin_allowed(peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>) -> bool {
+fn admin_allowed(peer: Option<axum::Extension<crate::handle::PeerAddr>>) -> bool {
     peer.is_some_and(|axum::Extension(p)| p.0.ip().is_loopback())
 }
 
 pub(super) async fn get_partition(
     State(shared): State<AppState>,
-    peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>,
+    peer: Option<axum::Extension<crate::handle::PeerAddr>>,
 ) -> Response {
     if !admin_allowed(peer) {
         return error(
@@ -117,7 +117,7 @@ pub(super) async fn get_partition(
 /// two-sided cut.
 pub(super) async fn post_partition(
     State(shared): State<AppState>,
-    peer: Option<axum::Extension<crate::runtime::http_server::PeerAddr>>,
+    peer: Option<axum::Extension<crate::handle::PeerAddr>>,
     body: Bytes,
 ) -> Response {
     if !admin_allowed(peer) {

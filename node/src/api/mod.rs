@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::handle::Shared;
 use crate::ledger::TxRecord;
-use crate::runtime::Shared;
 use admin::{get_block, get_metrics, get_partition, get_status, post_partition};
 use reads::{get_balance, get_kv, get_receipt};
 pub use writes::MAX_BATCH_TXS;

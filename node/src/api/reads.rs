@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 
 use super::{committed_reply, error, relay, AppState, COMMIT_TIMEOUT, FORWARDED};
 use crate::engine::ProposeError;
+use crate::handle::{Cmd, Shared};
 use crate::reply::ReadValue;
-use crate::runtime::{Cmd, Shared};
 
 #[derive(Deserialize)]
 pub(super) struct ReadParam {
@@ -100,7 +100,7 @@ pub(super) async fn get_kv(
     };
     let value = match shared.byzantine {
         // A lying replica: a wrong value, signed with its real key.
-        Some(crate::faults::ByzantineMode::Corrupt) => {
+        Some(crate::config::ByzantineMode::Corrupt) => {
             Some(format!("{}!", value.unwrap_or_default()))
         }
         _ => value,
@@ -147,7 +147,7 @@ pub(super) async fn get_balance(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     let balance = match shared.byzantine {
-        Some(crate::faults::ByzantineMode::Corrupt) => balance.wrapping_add(1),
+        Some(crate::config::ByzantineMode::Corrupt) => balance.wrapping_add(1),
         _ => balance,
     };
     let read = ReadValue::Balance {

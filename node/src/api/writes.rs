@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::{committed_reply, error, relay, AppState, COMMIT_TIMEOUT, FORWARDED};
 use crate::engine::ProposeError;
+use crate::handle::{Cmd, Shared};
 use crate::ledger::{Tx, TxRecord};
-use crate::runtime::{Cmd, Shared};
 
 #[derive(Deserialize)]
 pub(super) struct WaitParam {

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
+use crate::config::ByzantineSpec;
 use crate::config::{ClusterConfig, NodeConfig, Protocol, Timing};
-use crate::faults::ByzantineSpec;
 use crate::testnet::{self, TestnetSpec};
 pub use probes::{parse_message_totals, MessageTotals, CLIENT_RELAY_TYPES};
 pub use safety::SafetyReport;

@@ -94,7 +94,7 @@ impl LocalCluster {
     pub fn set_byzantine(
         &mut self,
         i: usize,
-        mode: Option<crate::faults::ByzantineMode>,
+        mode: Option<crate::config::ByzantineMode>,
     ) -> Result<(), ClusterError> {
         let path = self.dir.join(format!("node-{i}")).join("node.toml");
         let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use faultline_net::{Inbound, NetHandle, SendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{NodeStatus, Shared};
 use crate::engine::{drive, Engine, EngineError, NodeId, ProposeError};
+use crate::handle::{Cmd, NodeStatus, Shared};
 use crate::ledger::{Tx, TxRecord};
 use crate::store::AppliedBlock;
 
@@ -20,21 +20,6 @@ const MAX_BATCH_INPUTS: usize = 8192;
 /// Proposals whose commit nobody awaits are forgotten after this long (a leader change drops
 /// a raft leader's queued transactions; clients retry).
 const PENDING_TTL: Duration = Duration::from_secs(120);
-
-/// A request from the API to the driver.
-pub enum Cmd {
-    /// Propose signature-checked transactions. `waiters[i]` (if any) receives `txs[i]`'s
-    /// record once applied; `reply` says whether the engine accepted them.
-    Propose {
-        txs: Vec<Tx>,
-        waiters: Vec<oneshot::Sender<TxRecord>>,
-        reply: oneshot::Sender<Result<(), ProposeError>>,
-    },
-    /// A linearizable read: `reply` answers once the store may serve it (ReadIndex).
-    Read {
-        reply: oneshot::Sender<Result<(), ProposeError>>,
-    },
-}
 
 struct Pending {
     since: Instant,

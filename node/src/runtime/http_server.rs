@@ -10,6 +10,7 @@
 //!   timer, which also bounds how long an idle keep-alive connection is held).
 //! - **Body timeout**: a request body must arrive within [`BODY_TIMEOUT`].
 
+use crate::handle::PeerAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +29,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a request has to deliver its body (16 MiB at most).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The TCP peer of the connection a request came on, as a request extension (the admin route
-/// answers only loopback peers).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Serves `router` on `listener` until `shutdown` turns true. `on_refused` is called for each
 /// connection closed because the cap was reached (metrics).

@@ -16,52 +16,11 @@ use faultline_net::{Multiaddr, NetConfig, PeerInfo};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ClusterConfig, NodeConfig};
-use crate::engine::{self, EngineSetup, EngineStatus, NodeId};
 use crate::metrics::Metrics;
+use crate::setup::{open_engine, EngineSetup};
 use crate::store::Store;
 
-pub use driver::Cmd;
-
-/// What `/v1/status` shows besides the engine's own fields; refreshed by the driver each round.
-#[derive(Clone, Debug)]
-pub struct NodeStatus {
-    pub engine: EngineStatus,
-    pub height: u64,
-    pub head_hash: [u8; 32],
-    pub peers_connected: usize,
-    /// Block sync under way: `(lowest height fetched, target height)`.
-    pub block_sync: Option<(u64, u64)>,
-}
-
-/// State shared by the driver task and the API handlers.
-pub struct Shared {
-    pub id: NodeId,
-    pub cluster: ClusterConfig,
-    /// The permitted clients' keys, decompressed once (the API checks every write against it).
-    pub clients: crate::ledger::tx::ClientKeys,
-    pub key: SigningKey,
-    pub store: Arc<Store>,
-    pub metrics: Metrics,
-    pub status: Mutex<NodeStatus>,
-    pub cmds: mpsc::Sender<Cmd>,
-    pub net: faultline_net::NetHandle,
-    /// Forwards writes and linearizable reads from a raft follower to the leader's API.
-    pub http: reqwest::Client,
-    /// The node's Byzantine mode (experiments): `corrupt` also makes the API answer reads
-    /// with validly signed wrong values, the attack a PBFT client's read quorum must survive.
-    pub byzantine: Option<crate::faults::ByzantineMode>,
-    /// `faultline run --allow-partition`: serve `POST /v1/admin/partition` to loopback peers.
-    pub allow_partition: bool,
-}
-
-impl Shared {
-    pub fn status(&self) -> NodeStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
+pub use crate::handle::{Cmd, NodeStatus, Shared};
 
 fn parse_addr(s: &str, what: &str) -> Result<Multiaddr> {
     s.parse()
@@ -131,7 +90,7 @@ async fn run_async(
         Store::open(&node.data_dir, &cluster.genesis)
             .with_context(|| format!("cannot open the store in {}", node.data_dir.display()))?,
     );
-    let engine = engine::open(
+    let engine = open_engine(
         EngineSetup {
             id: node.id,
             cluster: &cluster,

@@ -54,7 +54,7 @@ impl Owner {
         );
     }
 
-    fn mode(&self, i: usize) -> Option<crate::faults::ByzantineMode> {
+    fn mode(&self, i: usize) -> Option<crate::config::ByzantineMode> {
         let path = self.cluster.dir.join(format!("node-{i}")).join("node.toml");
         let text = std::fs::read_to_string(path).ok()?;
         toml::from_str::<crate::config::NodeConfig>(&text)

@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::ByzantineMode;
 use crate::config::{ClusterConfig, Protocol};
-use crate::faults::ByzantineMode;
 use metrics_text::NodeMetrics;
 
 /// How often every node is polled (the page polls the view at the same rate).

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
 use super::{Action, ControlRequest, Ui, CONTROL_HEADER, PAGE};
-use crate::faults::ByzantineMode;
+use crate::config::ByzantineMode;
 
 impl Ui {
     /// The page and its JSON routes.

@@ -1,9 +1,9 @@
 //! Simulation sweeps: the real engines, store and ledger under crashes, partitions, drops and
 //! Byzantine nodes. `FAULTLINE_SIM_SEEDS=N` scales the main sweeps (CI runs the default).
 
-use faultline_node::config::Protocol;
-use faultline_node::faults::{ByzantineMode, ByzantineSpec};
-use faultline_node::sim::{run, SimConfig, SimReport};
+use faultline_core::config::Protocol;
+use faultline_core::config::{ByzantineMode, ByzantineSpec};
+use faultline_core::sim::{run, SimConfig, SimReport};
 
 fn seeds(default: u64) -> u64 {
     std::env::var("FAULTLINE_SIM_SEEDS")
@@ -184,9 +184,9 @@ fn raft_message_economy_is_2_n_minus_1_per_batch_plus_heartbeats() {
 /// check.
 #[test]
 fn pbft_blocks_carry_commit_certificates_that_verify_offline() {
-    use faultline_node::engine::pbft::check_block_certificate;
-    use faultline_node::verify::{verify_store, Verdict};
-    let (report, stores) = faultline_node::sim::Sim::new(SimConfig {
+    use faultline_core::engine::pbft::check_block_certificate;
+    use faultline_core::verify::{verify_store, Verdict};
+    let (report, stores) = faultline_core::sim::Sim::new(SimConfig {
         steps: 200,
         ..SimConfig::new(Protocol::Pbft, 4, 3)
     })
@@ -194,7 +194,7 @@ fn pbft_blocks_carry_commit_certificates_that_verify_offline() {
     .run_with_stores()
     .unwrap();
     must_be_ok(&report);
-    let cluster = faultline_node::sim::sim_cluster(Protocol::Pbft, 4, 2).unwrap();
+    let cluster = faultline_core::sim::sim_cluster(Protocol::Pbft, 4, 2).unwrap();
     let keys: Vec<[u8; 32]> = cluster.nodes.iter().map(|n| n.public_key).collect();
     let store = &stores[0];
     assert!(
@@ -247,7 +247,7 @@ fn raft_large_values_catch_up_by_block_sync_within_the_budget() {
     for seed in 1..=n {
         let r = run(SimConfig {
             large_values: true,
-            max_message_bytes: faultline_node::config::MIN_MAX_MESSAGE_BYTES,
+            max_message_bytes: faultline_core::config::MIN_MAX_MESSAGE_BYTES,
             ..faulty(Protocol::Raft, 3, seed)
         })
         .unwrap();
@@ -288,7 +288,7 @@ fn pbft_large_values_keep_view_changes_and_state_transfer_under_the_budget() {
                     .map(|(node, mode)| vec![ByzantineSpec { node, mode }])
                     .unwrap_or_default(),
                 large_values: true,
-                max_message_bytes: faultline_node::config::MIN_MAX_MESSAGE_BYTES,
+                max_message_bytes: faultline_core::config::MIN_MAX_MESSAGE_BYTES,
                 ..faulty(Protocol::Pbft, 4, seed)
             })
             .unwrap();

@@ -2,11 +2,11 @@
 //! the hash chain, and crash atomicity of the store.
 
 use ed25519_dalek::SigningKey;
-use faultline_node::ledger::tx::{signing_bytes, verify_batch};
-use faultline_node::ledger::{Block, Genesis, Op, Tx, TxError, TxOutcome};
-use faultline_node::store::crash_backend::CrashBackend;
-use faultline_node::store::{NewBlock, Store, WriteBatch};
-use faultline_node::verify::{verify_store, Verdict};
+use faultline_core::ledger::tx::{signing_bytes, verify_batch};
+use faultline_core::ledger::{Block, Genesis, Op, Tx, TxError, TxOutcome};
+use faultline_core::store::crash_backend::CrashBackend;
+use faultline_core::store::{NewBlock, Store, WriteBatch};
+use faultline_core::verify::{verify_store, Verdict};
 use proptest::prelude::*;
 
 /// The README's test vector, computed independently with Python `cryptography` (Ed25519) and

@@ -92,8 +92,11 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     f.sync_all().map_err(err)
 }
 
-/// The libp2p PeerId of an ed25519 public key (what the network layer authenticates); the
-/// derivation lives in the net crate, which is what checks it on every connection.
-pub fn peer_id(public_key: &[u8; 32]) -> Result<faultline_net::PeerId, KeyError> {
-    faultline_net::peer_id_from_public(public_key).map_err(|_| KeyError::BadPublicKey)
+/// The libp2p PeerId of an ed25519 public key (what the network layer authenticates on every
+/// connection). Derived with libp2p's own identity crate, the one the net crate uses, so the two
+/// always agree (a node test checks it).
+pub fn peer_id(public_key: &[u8; 32]) -> Result<libp2p_identity::PeerId, KeyError> {
+    let pk = libp2p_identity::ed25519::PublicKey::try_from_bytes(public_key)
+        .map_err(|_| KeyError::BadPublicKey)?;
+    Ok(libp2p_identity::PublicKey::from(pk).to_peer_id())
 }

@@ -8,14 +8,22 @@ use std::sync::mpsc;
 
 use super::{run, SimConfig, SimError, SimReport};
 
-/// Exit code of a sweep that stalled (no progress or no convergence after the faults stopped).
-pub const EXIT_STALLED: u8 = 4;
-/// Exit code of a sweep in which a node produced a message over the size budget.
-pub const EXIT_OVERSIZED: u8 = 5;
+/// The outcome of a sweep, worst first: the CLI maps it to an exit code in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Some seed saw a safety violation (divergent ledgers, a lost acknowledged tx).
+    Unsafe,
+    /// A node produced a message over the size budget, which the real network would refuse.
+    Oversized,
+    /// No progress or no convergence after the faults stopped.
+    Stalled,
+    /// Every seed was safe and live.
+    Ok,
+}
 
 /// Runs seeds `first..=last` of `base`, prints one line (or JSON object) per seed and a summary
-/// line; returns the exit code (0 ok, 3 unsafe, 5 oversized, 4 stalled).
-pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<u8, SimError> {
+/// line; returns the worst [`Outcome`].
+pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<Outcome, SimError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = AtomicU64::new(first);
     // Set when stdout is gone (e.g. piped into `head`): stop quietly instead of panicking.
@@ -91,12 +99,12 @@ pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<
         );
     }
     Ok(if counts.1 > 0 {
-        crate::cli::EXIT_UNSAFE
+        Outcome::Unsafe
     } else if counts.3 > 0 {
-        EXIT_OVERSIZED
+        Outcome::Oversized
     } else if counts.2 > 0 {
-        EXIT_STALLED
+        Outcome::Stalled
     } else {
-        0
+        Outcome::Ok
     })
 }

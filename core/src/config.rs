@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::faults::ByzantineMode;
 use crate::ledger::Genesis;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -200,8 +199,9 @@ pub struct NodeConfig {
     pub limits: Limits,
 }
 
-/// Default [`Limits::max_message_bytes`]: 4 MiB, the network's frame limit.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = faultline_net::DEFAULT_MAX_FRAME_BYTES;
+/// Default [`Limits::max_message_bytes`]: 4 MiB, the network's frame limit
+/// (`faultline_net::DEFAULT_MAX_FRAME_BYTES`; a node test keeps the two equal).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Smallest [`Limits::max_message_bytes`] accepted: room for the largest transaction (two
 /// 64 KiB fields) with its envelope, so every legal transaction fits in some batch.
 pub const MIN_MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -340,5 +340,79 @@ mod tests {
         assert!(node(MIN_MAX_MESSAGE_BYTES - 1).validate("t").is_err());
         let err = node(MAX_MAX_MESSAGE_BYTES + 1).validate("t").unwrap_err();
         assert!(err.to_string().contains("must be between"), "{err}");
+    }
+}
+
+/// A misbehaviour a node can be started with to test the protocols against it (docs/SPEC.md
+/// "Byzantine modes"); `faults` implements each one.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ByzantineMode {
+    /// Receives everything, sends nothing (omission).
+    Silent,
+    /// As leader/primary sends conflicting proposals for one slot; as voter votes for everything.
+    Equivocate,
+    /// Sends messages with invalid signatures or claiming another sender.
+    Forge,
+    /// Sends tampered payloads: wrong digests, altered transactions, lies about its log.
+    Corrupt,
+    /// Acknowledges entries/phases without persisting or checking them.
+    AckWithoutStore,
+    /// Inflates term/view numbers to force elections or view changes.
+    Disrupt,
+}
+
+impl ByzantineMode {
+    pub const ALL: [ByzantineMode; 6] = [
+        ByzantineMode::Silent,
+        ByzantineMode::Equivocate,
+        ByzantineMode::Forge,
+        ByzantineMode::Corrupt,
+        ByzantineMode::AckWithoutStore,
+        ByzantineMode::Disrupt,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ByzantineMode::Silent => "silent",
+            ByzantineMode::Equivocate => "equivocate",
+            ByzantineMode::Forge => "forge",
+            ByzantineMode::Corrupt => "corrupt",
+            ByzantineMode::AckWithoutStore => "ack-without-store",
+            ByzantineMode::Disrupt => "disrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for ByzantineMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `I=MODE` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByzantineSpec {
+    pub node: u64,
+    pub mode: ByzantineMode,
+}
+
+impl std::str::FromStr for ByzantineSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, m) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected I=MODE (e.g. 0=equivocate), got {s:?}"))?;
+        let node = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("node index {i:?} is not a number"))?;
+        let mode = <ByzantineMode as clap::ValueEnum>::from_str(m.trim(), true).map_err(|_| {
+            let names: Vec<_> = ByzantineMode::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown mode {m:?}; one of: {}", names.join(", "))
+        })?;
+        Ok(ByzantineSpec { node, mode })
     }
 }

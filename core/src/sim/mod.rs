@@ -20,9 +20,9 @@ use rand_core::{Rng, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::config::{ByzantineMode, ByzantineSpec};
 use crate::config::{ClientEntry, ClusterConfig, NodeEntry, Protocol, Timing};
 use crate::engine::{Engine, NodeId};
-use crate::faults::{ByzantineMode, ByzantineSpec};
 use crate::ledger::Genesis;
 use crate::store::crash_backend::CrashBackend;
 use crate::store::Store;

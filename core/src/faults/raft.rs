@@ -5,7 +5,7 @@
 
 use faultline_raft::{Message, MessageBody};
 
-use super::ByzantineMode;
+use crate::config::ByzantineMode;
 use crate::config::Protocol;
 use crate::engine::raft::{decode_raft, encode_raft, RaftEngine};
 use crate::engine::{Engine, EngineError, NodeId, Outgoing, ProposeError, Rejected, Step};

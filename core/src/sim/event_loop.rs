@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use super::{sim_node_key, sim_timing, Sim, SimError, SimReport, CLIENT_INTERVAL_US, TICK_US};
 use crate::config::{Batching, Protocol};
-use crate::engine::{self, EngineSetup, NodeId};
+use crate::engine::{self, NodeId};
+use crate::setup::{open_engine, EngineSetup};
 use crate::store::Store;
 
 pub(super) enum Event {
@@ -130,7 +131,7 @@ impl Sim {
         let err = |source| SimError::Engine { node: id, source };
         let store = Store::with_backend(node.backend.clone(), &self.cluster.genesis)
             .map_err(|e| err(e.into()))?;
-        let engine = engine::open(
+        let engine = open_engine(
             EngineSetup {
                 id,
                 cluster: &self.cluster,

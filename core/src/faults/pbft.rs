@@ -10,7 +10,7 @@ use faultline_bft::{
     PrePrepare, Prepare, ViewChange, NULL_DIGEST,
 };
 
-use super::ByzantineMode;
+use crate::config::ByzantineMode;
 use crate::config::Protocol;
 use crate::engine::pbft::PbftEngine;
 use crate::engine::{Engine, EngineError, NodeId, Outgoing, ProposeError, Rejected, Step};
