@@ -305,7 +305,7 @@ pub fn bench_sim(
         };
         let report =
             crate::sim::run(cfg).with_context(|| format!("simulating {p} with {n} nodes"))?;
-        if report.verdict() != "ok" {
+        if report.verdict() != crate::sim::Outcome::Ok {
             anyhow::bail!(
                 "the fault-free simulation of {p} with {n} nodes was {}: {}",
                 report.verdict(),

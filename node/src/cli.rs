@@ -12,7 +12,7 @@ use crate::config::ByzantineSpec;
 use crate::config::{Protocol, Timing};
 use crate::{keys, testnet, verify};
 
-use crate::sim::sweep::Outcome;
+use crate::sim::Outcome;
 
 /// The exit code of a run's outcome, the one place that numbers them (`sim`, `local`, `nemesis`;
 /// docs/SPEC.md): 0 ok, 3 a safety violation, 4 stalled after the faults stopped, 5 a message

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::Protocol;
 use crate::config::{ByzantineMode, ByzantineSpec};
 use crate::local::{block_on_interruptible, run_scenario, FaultAt, Scenario, Summary, Target};
+use crate::sim::Outcome;
 use crate::sim::{self, SimConfig, SimReport};
 
 /// Seconds of workload in each real-process run.
@@ -175,14 +176,14 @@ pub struct MatrixRow {
 }
 
 impl MatrixRow {
-    /// `UNSAFE`, `stalled` (safe, but some seed made no progress) or `safe`.
-    pub fn verdict(&self) -> &'static str {
+    /// Unsafe if any seed was, stalled if some seed made no progress (or oversized), else ok.
+    pub fn verdict(&self) -> Outcome {
         if self.unsafe_seed.is_some() {
-            "UNSAFE"
+            Outcome::Unsafe
         } else if self.stalled > 0 {
-            "stalled"
+            Outcome::Stalled
         } else {
-            "safe"
+            Outcome::Ok
         }
     }
 
@@ -214,7 +215,7 @@ impl MatrixRow {
             self.seeds,
             self.ok,
             self.stalled,
-            self.verdict(),
+            self.verdict().as_str(),
             first
         )
     }
@@ -365,13 +366,13 @@ fn run_job(job: &Job, pbft_steps: u64) -> Result<MatrixRow> {
         })?;
         row.seeds += 1;
         match report.verdict() {
-            "ok" => row.ok += 1,
-            "UNSAFE" => {
+            Outcome::Ok => row.ok += 1,
+            Outcome::Unsafe => {
                 row.unsafe_seed = Some(seed);
                 row.detail = report.detail.clone();
                 break;
             }
-            _ => row.stalled += 1,
+            Outcome::Stalled | Outcome::Oversized => row.stalled += 1,
         }
     }
     Ok(row)
@@ -448,9 +449,9 @@ fn report_html(runs: &[Summary], matrix: &[MatrixRow]) -> Result<String> {
     for r in matrix {
         let verdict = r.verdict();
         let class = match verdict {
-            "UNSAFE" => "unsafe",
-            "stalled" => "stalled",
-            _ => "safe",
+            Outcome::Unsafe => "unsafe",
+            Outcome::Stalled | Outcome::Oversized => "stalled",
+            Outcome::Ok => "safe",
         };
         let first = match (r.unsafe_seed, &r.detail) {
             (Some(seed), Some(d)) => format!("seed {seed}: {d}"),

@@ -5,6 +5,7 @@
 
 use faultline_node::config::Protocol;
 use faultline_node::demo::{byzantine_matrix, MatrixSpec};
+use faultline_node::sim::Outcome;
 
 #[test]
 fn the_byzantine_matrix_shows_each_protocols_bound() {
@@ -36,23 +37,23 @@ fn the_byzantine_matrix_shows_each_protocols_bound() {
         "disrupt",
     ] {
         let pbft = find(Protocol::Pbft, 4, &format!("0={mode}"));
-        assert_eq!(pbft.verdict(), "safe", "{}", pbft.row());
+        assert_eq!(pbft.verdict(), Outcome::Ok, "{}", pbft.row());
         let raft = find(Protocol::Raft, 3, &format!("0={mode}"));
         match mode {
             "equivocate" | "corrupt" | "ack-without-store" => {
-                assert_eq!(raft.verdict(), "UNSAFE", "{}", raft.row());
+                assert_eq!(raft.verdict(), Outcome::Unsafe, "{}", raft.row());
                 assert!(raft.detail.is_some(), "{}", raft.row());
             }
-            _ => assert_ne!(raft.verdict(), "UNSAFE", "{}", raft.row()),
+            _ => assert_ne!(raft.verdict(), Outcome::Unsafe, "{}", raft.row()),
         }
     }
     let fork = find(Protocol::Pbft, 4, "0=equivocate 1=equivocate");
-    assert_eq!(fork.verdict(), "UNSAFE", "{}", fork.row());
+    assert_eq!(fork.verdict(), Outcome::Unsafe, "{}", fork.row());
     assert!(
         fork.detail.as_deref().is_some_and(|d| d.contains("fork")),
         "{}",
         fork.row()
     );
     let held = find(Protocol::Pbft, 7, "0=equivocate 1=equivocate");
-    assert_eq!(held.verdict(), "safe", "{}", held.row());
+    assert_eq!(held.verdict(), Outcome::Ok, "{}", held.row());
 }

@@ -103,8 +103,4 @@ impl Checker {
     pub fn height(&self) -> u64 {
         self.chain.keys().next_back().copied().unwrap_or(0)
     }
-
-    pub fn hash_at(&self, height: u64) -> Option<Hash> {
-        self.chain.get(&height).map(|(h, _)| *h)
-    }
 }

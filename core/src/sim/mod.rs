@@ -116,13 +116,45 @@ pub struct SimReport {
     pub detail: Option<String>,
 }
 
+/// How a simulated run (or a sweep or demo row of them, worst first) ended: the one vocabulary
+/// for `sim`, `demo` and `bench`, which the CLI maps to exit codes in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Some seed saw a safety violation (divergent ledgers, a lost acknowledged tx).
+    Unsafe,
+    /// A node produced a message over the size budget, which the real network would refuse.
+    Oversized,
+    /// Safe, but no progress or no convergence after the faults stopped.
+    Stalled,
+    /// Safe and live.
+    Ok,
+}
+
+impl Outcome {
+    /// The word `faultline sim` prints (`verdict=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Unsafe => "UNSAFE",
+            Outcome::Oversized => "OVERSIZED",
+            Outcome::Stalled => "STALLED",
+            Outcome::Ok => "ok",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl SimReport {
-    pub fn verdict(&self) -> &'static str {
+    pub fn verdict(&self) -> Outcome {
         match (self.safe, self.oversized > 0, self.live) {
-            (false, _, _) => "UNSAFE",
-            (true, true, _) => "OVERSIZED",
-            (true, false, false) => "STALLED",
-            (true, false, true) => "ok",
+            (false, _, _) => Outcome::Unsafe,
+            (true, true, _) => Outcome::Oversized,
+            (true, false, false) => Outcome::Stalled,
+            (true, false, true) => Outcome::Ok,
         }
     }
 

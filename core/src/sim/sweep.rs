@@ -6,20 +6,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use super::{run, SimConfig, SimError, SimReport};
-
-/// The outcome of a sweep, worst first: the CLI maps it to an exit code in one place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Some seed saw a safety violation (divergent ledgers, a lost acknowledged tx).
-    Unsafe,
-    /// A node produced a message over the size budget, which the real network would refuse.
-    Oversized,
-    /// No progress or no convergence after the faults stopped.
-    Stalled,
-    /// Every seed was safe and live.
-    Ok,
-}
+use super::{run, Outcome, SimConfig, SimError, SimReport};
 
 /// Runs seeds `first..=last` of `base`, prints one line (or JSON object) per seed and a summary
 /// line; returns the worst [`Outcome`].
@@ -68,10 +55,10 @@ pub fn run_sweep(base: &SimConfig, first: u64, last: u64, json: bool) -> Result<
                             closed.store(true, Ordering::SeqCst);
                         }
                         match report.verdict() {
-                            "ok" => counts.0 += 1,
-                            "UNSAFE" => counts.1 += 1,
-                            "OVERSIZED" => counts.3 += 1,
-                            _ => counts.2 += 1,
+                            Outcome::Ok => counts.0 += 1,
+                            Outcome::Unsafe => counts.1 += 1,
+                            Outcome::Oversized => counts.3 += 1,
+                            Outcome::Stalled => counts.2 += 1,
                         }
                     }
                     Err(e) => {

@@ -2,7 +2,7 @@
 //! entry carries one batch of transactions (postcard `Vec<Tx>`); each committed non-empty
 //! entry becomes one block.
 //!
-//! A Raft snapshot is a ledger point (the head [`Head`] at the snapshot's index), not the
+//! A Raft snapshot is a ledger point (the head [`Head`](crate::store::Head) at the snapshot's index), not the
 //! ledger: a follower that installs one fetches the blocks it lacks by block sync
 //! ([`super::block_sync`]) and applies them, so every replica holds the whole chain.
 //!
