@@ -140,20 +140,77 @@ pub enum MessageBody {
     TimeoutNow,
 }
 
-impl Message {
-    /// snake_case type name, stable, for metrics: "append_entries", "append_entries_response",
-    /// "request_vote", "request_vote_response", "install_snapshot",
-    /// "install_snapshot_response", "timeout_now".
-    pub fn type_name(&self) -> &'static str {
-        match self.body {
-            MessageBody::AppendEntries { .. } => "append_entries",
-            MessageBody::AppendEntriesResponse { .. } => "append_entries_response",
-            MessageBody::RequestVote { .. } => "request_vote",
-            MessageBody::RequestVoteResponse { .. } => "request_vote_response",
-            MessageBody::InstallSnapshot { .. } => "install_snapshot",
-            MessageBody::InstallSnapshotResponse { .. } => "install_snapshot_response",
-            MessageBody::TimeoutNow => "timeout_now",
+/// The kind of a [`Message`], one per [`MessageBody`] variant: the stable vocabulary of metrics
+/// and logs, so no table of names is kept anywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageKind {
+    /// [`MessageBody::AppendEntries`] (heartbeats included).
+    AppendEntries,
+    /// [`MessageBody::AppendEntriesResponse`].
+    AppendEntriesResponse,
+    /// [`MessageBody::RequestVote`] (pre-votes included).
+    RequestVote,
+    /// [`MessageBody::RequestVoteResponse`].
+    RequestVoteResponse,
+    /// [`MessageBody::InstallSnapshot`].
+    InstallSnapshot,
+    /// [`MessageBody::InstallSnapshotResponse`].
+    InstallSnapshotResponse,
+    /// [`MessageBody::TimeoutNow`].
+    TimeoutNow,
+}
+
+impl MessageKind {
+    /// Every kind, in [`MessageBody`]'s declaration order: the variant index a serde encoder
+    /// writes, so a codec can name a message from its first bytes without decoding it.
+    pub const ALL: [MessageKind; 7] = [
+        MessageKind::AppendEntries,
+        MessageKind::AppendEntriesResponse,
+        MessageKind::RequestVote,
+        MessageKind::RequestVoteResponse,
+        MessageKind::InstallSnapshot,
+        MessageKind::InstallSnapshotResponse,
+        MessageKind::TimeoutNow,
+    ];
+
+    /// The kind whose [`MessageBody`] variant has serde variant index `index`.
+    pub fn from_variant_index(index: u32) -> Option<MessageKind> {
+        MessageKind::ALL.get(index as usize).copied()
+    }
+
+    /// snake_case name, stable (metric label values): "append_entries", "request_vote", …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::AppendEntries => "append_entries",
+            MessageKind::AppendEntriesResponse => "append_entries_response",
+            MessageKind::RequestVote => "request_vote",
+            MessageKind::RequestVoteResponse => "request_vote_response",
+            MessageKind::InstallSnapshot => "install_snapshot",
+            MessageKind::InstallSnapshotResponse => "install_snapshot_response",
+            MessageKind::TimeoutNow => "timeout_now",
         }
+    }
+}
+
+impl MessageBody {
+    /// This body's kind.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            MessageBody::AppendEntries { .. } => MessageKind::AppendEntries,
+            MessageBody::AppendEntriesResponse { .. } => MessageKind::AppendEntriesResponse,
+            MessageBody::RequestVote { .. } => MessageKind::RequestVote,
+            MessageBody::RequestVoteResponse { .. } => MessageKind::RequestVoteResponse,
+            MessageBody::InstallSnapshot { .. } => MessageKind::InstallSnapshot,
+            MessageBody::InstallSnapshotResponse { .. } => MessageKind::InstallSnapshotResponse,
+            MessageBody::TimeoutNow => MessageKind::TimeoutNow,
+        }
+    }
+}
+
+impl Message {
+    /// This message's kind.
+    pub fn kind(&self) -> MessageKind {
+        self.body.kind()
     }
 
     /// Whether this is a heartbeat: an `AppendEntries` that carries no entries.

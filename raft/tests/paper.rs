@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use faultline_raft::{Config, HardState, Message, MessageBody, PersistedState, RawNode, Role};
+use faultline_raft::{
+    Config, HardState, Message, MessageBody, MessageKind, PersistedState, RawNode, Role,
+};
 
 /// (cluster size, votes from peers, expected role)
 type ElectionCase = (u64, Vec<(u64, bool)>, Role);
@@ -344,7 +346,7 @@ fn new_leader_appends_noop_and_replicates_it() {
     let apps: Vec<&Message> = rd
         .messages
         .iter()
-        .filter(|m| m.type_name() == "append_entries")
+        .filter(|m| m.kind() == MessageKind::AppendEntries)
         .collect();
     assert_eq!(apps.len(), 2);
     for m in apps {

@@ -318,7 +318,7 @@ fn message_type_names() {
         MessageBody::TimeoutNow,
     ]
     .into_iter()
-    .map(|b| m(b).type_name())
+    .map(|b| m(b).kind().as_str())
     .collect();
     assert_eq!(
         names,

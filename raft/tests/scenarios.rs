@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use faultline_raft::{HardState, MessageBody, PersistedState, ProposeError, Role};
+use faultline_raft::{HardState, MessageBody, MessageKind, PersistedState, ProposeError, Role};
 
 fn no_pv(c: &mut faultline_raft::Config) {
     c.pre_vote = false;
@@ -309,7 +309,7 @@ fn lost_snapshot_is_retried() {
     net.stabilize();
     net.compact(1);
     net.restart(3);
-    net.filter = Some(Box::new(|m| m.type_name() == "install_snapshot"));
+    net.filter = Some(Box::new(|m| m.kind() == MessageKind::InstallSnapshot));
     net.run(3);
     assert_eq!(net.snapshots_installed.get(&3), None);
     net.filter = None;
@@ -369,7 +369,7 @@ fn read_index_waits_for_first_commit_of_the_term() {
         net.tick(1);
     }
     // Deliver votes, but not the no-op acknowledgements yet.
-    net.filter = Some(Box::new(|m| m.type_name() == "append_entries_response"));
+    net.filter = Some(Box::new(|m| m.kind() == MessageKind::AppendEntriesResponse));
     net.stabilize();
     assert_eq!(net.node(1).role(), Role::Leader);
     net.node_mut(1).read_index(7).unwrap();

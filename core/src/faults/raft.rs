@@ -216,7 +216,7 @@ impl Engine for ByzantineRaft {
             if let Some(msg) = self.transform(msg) {
                 out.push(Outgoing {
                     to: m.to,
-                    kind: msg.type_name(),
+                    kind: msg.kind().as_str(),
                     bytes: encode_raft(&msg),
                 });
             }
@@ -225,7 +225,7 @@ impl Engine for ByzantineRaft {
             for msg in self.extra.drain(..) {
                 out.push(Outgoing {
                     to: msg.to,
-                    kind: msg.type_name(),
+                    kind: msg.kind().as_str(),
                     bytes: encode_raft(&msg),
                 });
             }

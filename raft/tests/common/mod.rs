@@ -221,7 +221,7 @@ impl Net {
         }
         for m in &rd.messages {
             assert_eq!(m.from, id);
-            *self.sent.entry(m.type_name()).or_default() += 1;
+            *self.sent.entry(m.kind().as_str()).or_default() += 1;
             self.sent_log.push(m.clone());
             self.queue.push_back(m.clone());
         }

@@ -353,7 +353,7 @@ impl Engine for RaftEngine {
             .extend(ready.read_states.iter().map(|r| (r.ctx, r.index)));
         messages.extend(ready.messages.into_iter().map(|m| Outgoing {
             to: m.to,
-            kind: m.type_name(),
+            kind: m.kind().as_str(),
             bytes: encode_raft(&m),
         }));
         self.track_leader();

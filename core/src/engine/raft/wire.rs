@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use faultline_raft::Message;
+use faultline_raft::{Message, MessageKind};
 
 /// Wire tag of a Raft message.
 pub const TAG_RAFT: u8 = 0;
@@ -55,19 +55,10 @@ pub fn message_kind(bytes: &[u8]) -> &'static str {
 
 /// The snake_case type name of a postcard-encoded Raft message (without the wire tag).
 fn raft_message_kind(bytes: &[u8]) -> &'static str {
-    const NAMES: [&str; 7] = [
-        "append_entries",
-        "append_entries_response",
-        "request_vote",
-        "request_vote_response",
-        "install_snapshot",
-        "install_snapshot_response",
-        "timeout_now",
-    ];
     postcard::take_from_bytes::<MessageHeader>(bytes)
         .ok()
-        .and_then(|(h, _)| NAMES.get(h.body_variant as usize).copied())
-        .unwrap_or("unknown")
+        .and_then(|(h, _)| MessageKind::from_variant_index(h.body_variant))
+        .map_or("unknown", MessageKind::as_str)
 }
 
 #[cfg(test)]
@@ -124,7 +115,7 @@ mod kind_tests {
                 body,
             };
             let bytes = super::encode_raft(&m);
-            assert_eq!(super::message_kind(&bytes), m.type_name());
+            assert_eq!(super::message_kind(&bytes), m.kind().as_str());
         }
         assert_eq!(super::message_kind(&[0xff]), "unknown");
         assert_eq!(super::message_kind(&[0, 0xff]), "unknown");
