@@ -73,12 +73,57 @@ pub enum EngineError {
     Corrupt(String),
     #[error("{0}")]
     Config(String),
+    /// The Raft core refused its configuration or the persisted state it was restarted from;
+    /// kept typed so a caller can tell which (`RaftError::Config` vs `CorruptState`).
+    #[error("raft: {0}")]
+    Raft(#[from] faultline_raft::RaftError),
+}
+
+/// A node's role in its protocol, as `/v1/status` shows it (snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Raft: the leader of its term, the only node that proposes.
+    Leader,
+    /// Raft: follows a leader (or waits for one).
+    Follower,
+    /// Raft: campaigning for votes in a new term (Raft §5.2).
+    Candidate,
+    /// Raft: asking whether it would win before raising its term (thesis §9.6).
+    PreCandidate,
+    /// PBFT: the primary of the current view, which orders requests (PBFT §4.2).
+    Primary,
+    /// PBFT: a backup of the current view.
+    Backup,
+    /// PBFT: changing to a later view (PBFT §4.4); no requests are ordered meanwhile.
+    ViewChange,
+}
+
+impl Role {
+    /// The name `/v1/status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre_candidate",
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::ViewChange => "view_change",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What `/v1/status` and the metrics show; fields a protocol lacks are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EngineStatus {
-    pub role: &'static str,
+    pub role: Role,
     pub term: Option<u64>,
     pub view: Option<u64>,
     pub leader: Option<NodeId>,
@@ -152,5 +197,26 @@ pub fn drive(
         messages.extend(step.messages);
         engine.applied(&blocks, store)?;
         applied.extend(blocks);
+    }
+}
+
+#[cfg(test)]
+mod role_tests {
+    use super::Role;
+
+    /// `/v1/status` serializes the role with serde; logs and the simulator print `as_str`.
+    #[test]
+    fn a_role_has_one_name_in_json_and_text() {
+        for r in [
+            Role::Leader,
+            Role::Follower,
+            Role::Candidate,
+            Role::PreCandidate,
+            Role::Primary,
+            Role::Backup,
+            Role::ViewChange,
+        ] {
+            assert_eq!(serde_json::to_value(r).ok(), Some(r.as_str().into()));
+        }
     }
 }

@@ -93,7 +93,7 @@ fn leader_elsewhere(shared: &Shared, headers: &HeaderMap) -> Option<u64> {
         return None;
     }
     let status = shared.status();
-    if status.engine.role == "leader" {
+    if status.engine.role == crate::engine::Role::Leader {
         return None;
     }
     status.engine.leader.filter(|&l| l != shared.id)

@@ -388,11 +388,11 @@ impl Engine for PbftEngine {
         let s = self.replica.status();
         EngineStatus {
             role: if s.in_view_change {
-                "view_change"
+                crate::engine::Role::ViewChange
             } else if s.primary == self.id {
-                "primary"
+                crate::engine::Role::Primary
             } else {
-                "backup"
+                crate::engine::Role::Backup
             },
             term: None,
             view: Some(s.view),

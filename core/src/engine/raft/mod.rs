@@ -381,10 +381,10 @@ impl Engine for RaftEngine {
         let s = self.raw.status();
         EngineStatus {
             role: match s.role {
-                Role::Leader => "leader",
-                Role::Follower => "follower",
-                Role::Candidate => "candidate",
-                Role::PreCandidate => "pre_candidate",
+                Role::Leader => crate::engine::Role::Leader,
+                Role::Follower => crate::engine::Role::Follower,
+                Role::Candidate => crate::engine::Role::Candidate,
+                Role::PreCandidate => crate::engine::Role::PreCandidate,
             },
             term: Some(s.term),
             view: None,

@@ -45,8 +45,7 @@ impl RaftEngine {
             .max_message_bytes
             .saturating_sub(ENVELOPE_ROOM)
             .min(cfg.max_entry_data_bytes());
-        cfg.validate()
-            .map_err(|e| EngineError::Config(e.to_string()))?;
+        cfg.validate().map_err(faultline_raft::RaftError::from)?;
         let hard_state = match store.engine_get(KEY_HARD_STATE)? {
             Some(b) => Some(decode_hard_state(&b)?),
             None => None,
@@ -75,7 +74,7 @@ impl RaftEngine {
             None => None,
         };
         let mut raw = if hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
-            RawNode::new(cfg).map_err(|e| EngineError::Config(e.to_string()))?
+            RawNode::new(cfg).map_err(faultline_raft::RaftError::from)?
         } else {
             RawNode::restart(
                 cfg,
@@ -85,8 +84,7 @@ impl RaftEngine {
                     entries,
                     applied,
                 },
-            )
-            .map_err(|e| EngineError::Corrupt(e.to_string()))?
+            )?
         };
         let peers: Vec<NodeId> = (0..n as u64).filter(|&p| p != id).collect();
         let timeout = sync_timeout(&opts);
