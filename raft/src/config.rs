@@ -33,6 +33,12 @@ pub struct Config {
     pub max_msg_bytes: usize,
     /// Seed of the election-jitter RNG, so runs are reproducible.
     pub seed: u64,
+    /// Thesis §10.2.1: the leader writes its log in parallel with replicating it. Its own
+    /// appends are then counted towards a commit only once the driver reports them durable
+    /// ([`crate::RawNode::on_persisted`]), and its messages come out in
+    /// [`crate::Ready::early_messages`], to be sent before persisting. Off by default: the
+    /// plain contract persists everything before sending anything.
+    pub parallel_leader_append: bool,
 }
 
 /// Upper bound on the encoded size of a [`crate::Message`] without its entries or snapshot
@@ -73,6 +79,7 @@ impl Config {
             max_entries_per_msg: 64,
             max_msg_bytes: 4 << 20,
             seed: id,
+            parallel_leader_append: false,
         }
     }
 

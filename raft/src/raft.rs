@@ -31,7 +31,7 @@ pub enum Role {
 
 pub(crate) struct Raft {
     pub(crate) id: NodeId,
-    cfg: Config,
+    pub(crate) cfg: Config,
     /// Sorted, deduplicated members.
     voters: Vec<NodeId>,
     pub(crate) term: u64,
@@ -51,6 +51,9 @@ pub(crate) struct Raft {
     /// Proposals were appended since the last broadcast; sent at the next `ready()` so that
     /// several proposals share one AppendEntries (batching).
     pub(crate) pending_bcast: bool,
+    /// The last log position the driver reported durable (`(index, term)`; with
+    /// `parallel_leader_append` the leader counts only this much of its own log).
+    durable: (u64, u64),
     rng: ChaCha8Rng,
 }
 
@@ -78,9 +81,12 @@ impl Raft {
             randomized_election_timeout: cfg.election_tick,
             transferee: None,
             pending_bcast: false,
+            durable: (0, 0),
             rng,
             cfg,
         };
+        // What the node restarted from is on disk.
+        r.durable = (r.log.last_index(), r.log.last_term());
         r.become_follower(hs.term, None);
         r
     }
@@ -133,9 +139,9 @@ impl Raft {
             .iter()
             .map(|&id| (id, Progress::new(next, max_inflight)))
             .collect();
-        let last = self.log.last_index();
+        let me_match = self.own_match();
         if let Some(me) = self.prs.get_mut(&self.id) {
-            me.match_index = last;
+            me.match_index = me_match;
             me.recent_active = true;
         }
     }
@@ -306,11 +312,55 @@ impl Raft {
             index,
             data,
         });
+        let parallel = self.cfg.parallel_leader_append;
         if let Some(me) = self.prs.get_mut(&self.id) {
-            me.match_index = index;
+            if !parallel {
+                me.match_index = index;
+            }
             me.next_index = index + 1;
         }
         index
+    }
+
+    /// How much of its own log this node may count towards a commit: all of it under the
+    /// plain contract (the driver persists a `Ready` before anything else happens), else only
+    /// what the driver reported durable and the log still holds (thesis §10.2.1).
+    fn own_match(&self) -> u64 {
+        let last = self.log.last_index();
+        if !self.cfg.parallel_leader_append {
+            return last;
+        }
+        let (index, term) = self.durable;
+        if self.log.term(index) == Some(term) {
+            index.min(last)
+        } else {
+            // The entry reported durable was overwritten since: count nothing new until the
+            // driver reports again.
+            self.log.snapshot_index().min(last)
+        }
+    }
+
+    /// The driver made the log durable up to `(index, term)`; see
+    /// [`crate::RawNode::on_persisted`].
+    pub(crate) fn on_persisted(&mut self, index: u64, term: u64) {
+        if self.log.term(index) != Some(term) {
+            return; // stale: that entry has been overwritten since
+        }
+        self.durable = (index, term);
+        if self.role != Role::Leader {
+            return;
+        }
+        let own = self.own_match();
+        let advanced = match self.prs.get_mut(&self.id) {
+            Some(me) if own > me.match_index => {
+                me.match_index = own;
+                true
+            }
+            _ => false,
+        };
+        if advanced {
+            self.maybe_commit();
+        }
     }
 
     /// Send the next append (or snapshot) to `to` if flow control allows. Returns whether a

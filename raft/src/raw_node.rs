@@ -22,6 +22,11 @@ use crate::read_only::ReadState;
 ///
 /// `ready()` drains: the core assumes the driver does all of the above; there is no
 /// `advance()`.
+///
+/// With [`Config::parallel_leader_append`] (thesis §10.2.1) a leader's `Ready` moves its
+/// messages to `early_messages`, which the driver may send before step 1, and the driver
+/// reports each persisted `Ready` with [`RawNode::on_persisted`]: only then does the leader
+/// count its own new entries towards a commit.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// New term/vote/commit to persist, if changed since the last `Ready`.
@@ -32,6 +37,10 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     /// Messages to send after persisting.
     pub messages: Vec<Message>,
+    /// Messages that may leave before this `Ready` is persisted: a leader's appends and
+    /// heartbeats under [`Config::parallel_leader_append`], when the `Ready` changes no term
+    /// or vote and installs no snapshot (they promise nothing about this node's disk).
+    pub early_messages: Vec<Message>,
     /// Entries to apply, in order; includes leader no-ops.
     pub committed: Vec<Entry>,
     /// Linearizable reads now allowed (thesis §6.4).
@@ -45,6 +54,7 @@ impl Ready {
             && self.snapshot.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
+            && self.early_messages.is_empty()
             && self.committed.is_empty()
             && self.read_states.is_empty()
     }
@@ -238,15 +248,38 @@ impl RawNode {
         let r = &mut self.raft;
         let hs = r.hard_state();
         let hard_state = (hs != self.prev_hard_state).then_some(hs);
+        let same_term_and_vote =
+            hs.term == self.prev_hard_state.term && hs.vote == self.prev_hard_state.vote;
         self.prev_hard_state = hs;
+        let snapshot = r.log.pending_snapshot.take();
+        let messages = std::mem::take(&mut r.msgs);
+        let early = r.cfg.parallel_leader_append
+            && r.role == Role::Leader
+            && same_term_and_vote
+            && snapshot.is_none();
+        let (messages, early_messages) = if early {
+            (Vec::new(), messages)
+        } else {
+            (messages, Vec::new())
+        };
         Ready {
             hard_state,
-            snapshot: r.log.pending_snapshot.take(),
+            snapshot,
             entries: r.log.take_unstable(),
-            messages: std::mem::take(&mut r.msgs),
+            messages,
+            early_messages,
             committed: r.log.take_committed(),
             read_states: std::mem::take(&mut r.read_states),
         }
+    }
+
+    /// The driver has made the log durable up to `index`, whose entry has term `term`: the
+    /// last entry of the `Ready`s it persisted. Needed only with
+    /// [`Config::parallel_leader_append`], where a leader counts its own entries towards a
+    /// commit from this call on (thesis §10.2.1); a report for an entry overwritten since is
+    /// ignored.
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        self.raft.on_persisted(index, term);
     }
 
     /// A summary of this node's state.

@@ -499,3 +499,47 @@ fn restarted_cluster_resumes_with_its_log() {
     net.run(2);
     assert!((1..=3).all(|id| net.commit_of(id) >= idx));
 }
+
+/// Thesis §10.2.1: a leader may send its appends before writing them, but then its own copy
+/// counts towards a commit only once the driver reports it durable. With one follower's
+/// acknowledgement in hand (two of three, a quorum if the leader counted itself) the entry
+/// stays uncommitted until the leader's write is reported; its messages leave early, and a
+/// follower never sends early.
+#[test]
+fn a_leader_appending_in_parallel_counts_itself_only_once_durable() {
+    let mut net = Net::with_config(3, |c| c.parallel_leader_append = true);
+    net.elect(1);
+    net.stabilize();
+    let before = net.commit_of(1);
+    let idx = net
+        .node_mut(1)
+        .propose(b"x".to_vec())
+        .expect("leader accepts");
+    let rd = net.node_mut(1).ready();
+    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
+    assert!(
+        rd.early_messages
+            .iter()
+            .any(|m| m.kind() == MessageKind::AppendEntries),
+        "{rd:?}"
+    );
+    assert_eq!(rd.entries.last().map(|e| e.index), Some(idx));
+    // Node 2 stores and acknowledges the entry; the leader steps the ack before its own write.
+    for m in rd.early_messages.iter().filter(|m| m.to == 2) {
+        net.node_mut(2).step(m.clone()).expect("follower steps");
+    }
+    let rd2 = net.node_mut(2).ready();
+    assert!(rd2.early_messages.is_empty(), "a follower sent early");
+    let term = rd.entries[0].term;
+    net.node_mut(2).on_persisted(idx, term);
+    for m in rd2.messages.into_iter().filter(|m| m.to == 1) {
+        net.node_mut(1).step(m).expect("leader steps the ack");
+    }
+    assert_eq!(
+        net.node(1).status().commit,
+        before,
+        "committed on an unwritten copy"
+    );
+    net.node_mut(1).on_persisted(idx, term);
+    assert_eq!(net.node(1).status().commit, idx);
+}

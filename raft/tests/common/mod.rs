@@ -122,6 +122,10 @@ pub struct Net {
     /// Cross-node agreement checks; off only for tests that forge messages (Raft does not
     /// tolerate lying peers, it only must not crash on them).
     pub check_agreement: bool,
+    /// A leader's `Ready` whose early messages went out but which is not persisted yet
+    /// (`parallel_leader_append`): persisted at the node's next drain, lost if it crashes
+    /// first. Meanwhile the node steps whatever arrives, acknowledgements included.
+    pub unpersisted: BTreeMap<NodeId, Ready>,
 }
 
 impl Net {
@@ -153,6 +157,7 @@ impl Net {
             snapshots_installed: BTreeMap::new(),
             step_errors: 0,
             check_agreement: true,
+            unpersisted: BTreeMap::new(),
         };
         for (i, st) in states.into_iter().enumerate() {
             let id = i as u64 + 1;
@@ -190,6 +195,9 @@ impl Net {
 
     /// Drain one node's Ready and follow the contract.
     pub fn drain(&mut self, id: NodeId) {
+        if let Some(rd) = self.unpersisted.remove(&id) {
+            self.finish(id, rd);
+        }
         let Some(node) = self.nodes.get_mut(&id).and_then(Option::as_mut) else {
             return;
         };
@@ -202,8 +210,34 @@ impl Net {
             return;
         }
         let rd = node.ready();
+        if !rd.early_messages.is_empty() {
+            self.send_all(id, &rd.early_messages);
+            self.unpersisted.insert(id, rd);
+            return;
+        }
+        self.finish(id, rd);
+    }
+
+    fn send_all(&mut self, id: NodeId, msgs: &[Message]) {
+        for m in msgs {
+            assert_eq!(m.from, id);
+            *self.sent.entry(m.kind().as_str()).or_default() += 1;
+            self.sent_log.push(m.clone());
+            self.queue.push_back(m.clone());
+        }
+    }
+
+    /// Persist `rd`, report it durable, then send its messages and apply (the contract).
+    fn finish(&mut self, id: NodeId, rd: Ready) {
         let store = self.stores.get_mut(&id).expect("store");
         store.persist(&rd);
+        let last = store.last_index();
+        if let (Some(term), Some(node)) = (
+            store.term_at(last),
+            self.nodes.get_mut(&id).and_then(Option::as_mut),
+        ) {
+            node.on_persisted(last, term);
+        }
         if let Some(s) = &rd.snapshot {
             *self.snapshots_installed.entry(id).or_default() += 1;
             self.applied.insert(id, Vec::new());
@@ -219,12 +253,8 @@ impl Net {
                 );
             }
         }
-        for m in &rd.messages {
-            assert_eq!(m.from, id);
-            *self.sent.entry(m.kind().as_str()).or_default() += 1;
-            self.sent_log.push(m.clone());
-            self.queue.push_back(m.clone());
-        }
+        self.send_all(id, &rd.messages);
+        let store = self.stores.get_mut(&id).expect("store");
         for e in &rd.committed {
             assert!(
                 e.index <= store.last_index(),
@@ -287,11 +317,16 @@ impl Net {
 
     /// Deliver until no message is in flight.
     pub fn stabilize(&mut self) {
-        self.drain_all();
         let mut steps = 0;
-        while self.deliver_one() {
-            steps += 1;
-            assert!(steps < 1_000_000, "network did not quiesce");
+        loop {
+            self.drain_all();
+            if self.queue.is_empty() && self.unpersisted.is_empty() {
+                return;
+            }
+            while self.deliver_one() {
+                steps += 1;
+                assert!(steps < 1_000_000, "network did not quiesce");
+            }
         }
     }
 
@@ -393,6 +428,7 @@ impl Net {
 
     pub fn crash(&mut self, id: NodeId) {
         self.nodes.insert(id, None);
+        self.unpersisted.remove(&id);
     }
 
     pub fn restart(&mut self, id: NodeId) {
