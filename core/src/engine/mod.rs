@@ -36,11 +36,15 @@ pub struct Outgoing {
 pub struct Step {
     pub write: WriteBatch,
     pub messages: Vec<Outgoing>,
+    /// Messages that may leave before `write` is durable: a Raft leader's appends, written
+    /// in parallel with its own log (thesis §10.2.1). They promise nothing about this node's
+    /// disk; everything in `messages` does, so those wait for the commit.
+    pub early: Vec<Outgoing>,
 }
 
 impl Step {
     pub fn is_empty(&self) -> bool {
-        self.write.is_empty() && self.messages.is_empty()
+        self.write.is_empty() && self.messages.is_empty() && self.early.is_empty()
     }
 }
 
@@ -182,12 +186,29 @@ pub fn drive(
     engine: &mut dyn Engine,
     store: &Store,
 ) -> Result<(Vec<Outgoing>, Vec<AppliedBlock>), EngineError> {
+    let mut early = Vec::new();
+    let (messages, applied) = drive_sending_early(engine, store, &mut |m| early.extend(m))?;
+    early.extend(messages);
+    Ok((early, applied))
+}
+
+/// [`drive`], handing each step's early messages to `send_early` before that step's commit,
+/// so the network carries them while the disk writes (the node's driver; the simulator,
+/// whose disk takes no time, sends them with the rest through [`drive`]).
+pub fn drive_sending_early(
+    engine: &mut dyn Engine,
+    store: &Store,
+    send_early: &mut dyn FnMut(Vec<Outgoing>),
+) -> Result<(Vec<Outgoing>, Vec<AppliedBlock>), EngineError> {
     let mut messages = Vec::new();
     let mut applied = Vec::new();
     loop {
-        let step = engine.poll(store)?;
+        let mut step = engine.poll(store)?;
         if step.is_empty() {
             return Ok((messages, applied));
+        }
+        if !step.early.is_empty() {
+            send_early(std::mem::take(&mut step.early));
         }
         let blocks = if step.write.is_empty() {
             Vec::new()

@@ -204,8 +204,11 @@ impl Engine for ByzantineRaft {
         if self.mode == ByzantineMode::AckWithoutStore {
             step.write.engine.clear();
         }
-        let mut out = Vec::with_capacity(step.messages.len());
-        for m in step.messages.drain(..) {
+        // A Byzantine node sends nothing early: every message goes through its misbehaviour.
+        let mut all = std::mem::take(&mut step.early);
+        all.append(&mut step.messages);
+        let mut out = Vec::with_capacity(all.len());
+        for m in all {
             let Some(msg) = decode_raft(&m.bytes) else {
                 // Block sync: a silent node says nothing; the others serve honestly.
                 if self.mode != ByzantineMode::Silent {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use faultline_net::{Inbound, NetHandle, SendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::engine::{drive, Engine, EngineError, NodeId, ProposeError};
+use crate::engine::{drive_sending_early, Engine, EngineError, NodeId, Outgoing, ProposeError};
 use crate::handle::{Cmd, NodeStatus, Shared};
 use crate::ledger::{Tx, TxRecord};
 use crate::store::AppliedBlock;
@@ -107,26 +107,15 @@ impl Driver {
                 }
             }
             let store = Arc::clone(&self.shared.store);
-            let engine = &mut self.engine;
-            // The fsync blocks; let the runtime move other tasks off this worker meanwhile.
-            let (messages, applied) =
-                tokio::task::block_in_place(|| drive(engine.as_mut(), &store))?;
-            for m in messages {
-                let len = m.bytes.len();
-                match self.net.send(m.to, m.kind, m.bytes) {
-                    Ok(()) => self.shared.metrics.count_sent(m.to, m.kind, len),
-                    Err(SendError::QueueFull) => {
-                        tracing::debug!(to = m.to, kind = m.kind, "send queue full; dropped")
-                    }
-                    Err(e @ SendError::TooLarge { .. }) => {
-                        // The cores cut everything to the budget, so this is a bug: loud, and
-                        // counted where operators look (the simulator fails such a run).
-                        tracing::error!(to = m.to, kind = m.kind, error = %e, "BUG: oversized message not sent");
-                        self.shared.metrics.count_rejected("oversized", 1);
-                    }
-                    Err(e) => tracing::debug!(to = m.to, error = %e, "send failed"),
-                }
-            }
+            let (engine, net, shared) = (&mut self.engine, &self.net, &self.shared);
+            // The fsync blocks; let the runtime move other tasks off this worker meanwhile. A
+            // Raft leader's appends leave before it (thesis §10.2.1), the rest after.
+            let (messages, applied) = tokio::task::block_in_place(|| {
+                drive_sending_early(engine.as_mut(), &store, &mut |early| {
+                    send(net, shared, early)
+                })
+            })?;
+            send(&self.net, &self.shared, messages);
             // Status first: a client that got its answer then sees at least that height.
             self.publish(&mut st);
             self.on_applied(&applied, &mut st);
@@ -269,6 +258,26 @@ impl Driver {
         s.engine = status;
         s.peers_connected = peers;
         s.block_sync = self.engine.block_sync();
+    }
+}
+
+/// Hands `messages` to the network, counting what left and what could not.
+fn send(net: &NetHandle, shared: &Shared, messages: Vec<Outgoing>) {
+    for m in messages {
+        let len = m.bytes.len();
+        match net.send(m.to, m.kind, m.bytes) {
+            Ok(()) => shared.metrics.count_sent(m.to, m.kind, len),
+            Err(SendError::QueueFull) => {
+                tracing::debug!(to = m.to, kind = m.kind, "send queue full; dropped")
+            }
+            Err(e @ SendError::TooLarge { .. }) => {
+                // The cores cut everything to the budget, so this is a bug: loud, and counted
+                // where operators look (the simulator fails such a run).
+                tracing::error!(to = m.to, kind = m.kind, error = %e, "BUG: oversized message not sent");
+                shared.metrics.count_rejected("oversized", 1);
+            }
+            Err(e) => tracing::debug!(to = m.to, error = %e, "send failed"),
+        }
     }
 }
 

@@ -370,7 +370,11 @@ impl Engine for PbftEngine {
             self.serve(store, s.to, s.from_seq, s.to_seq)?;
         }
         self.track_view();
-        Ok(Step { write, messages })
+        Ok(Step {
+            write,
+            messages,
+            early: Vec::new(),
+        })
     }
 
     fn applied(&mut self, blocks: &[AppliedBlock], _store: &Store) -> Result<(), EngineError> {

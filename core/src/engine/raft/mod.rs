@@ -106,6 +106,9 @@ pub struct RaftEngine {
     apply_credit: bool,
     /// Block-sync requests from peers `(peer, lo, hi)`, served in `poll` (it has the store).
     serve: VecDeque<(NodeId, u64, u64)>,
+    /// The log's last `(index, term)` as handed out by the last `Ready`, to report durable
+    /// to the core once that step is committed.
+    unreported: Option<(u64, u64)>,
 }
 
 impl RaftEngine {
@@ -282,7 +285,11 @@ impl Engine for RaftEngine {
         self.sync_step(store, &mut write, &mut messages)?;
         self.serve_requests(store, &mut messages)?;
         if !self.raw.has_ready() {
-            return Ok(Step { write, messages });
+            return Ok(Step {
+                write,
+                messages,
+                early: Vec::new(),
+            });
         }
         let ready = self.raw.ready();
         // Ready contract: snapshot, then entries (truncating a conflicting suffix), then hard
@@ -351,16 +358,29 @@ impl Engine for RaftEngine {
         }
         self.reads
             .extend(ready.read_states.iter().map(|r| (r.ctx, r.index)));
-        messages.extend(ready.messages.into_iter().map(|m| Outgoing {
+        let outgoing = |m: faultline_raft::Message| Outgoing {
             to: m.to,
             kind: m.kind().as_str(),
             bytes: encode_raft(&m),
-        }));
+        };
+        messages.extend(ready.messages.into_iter().map(outgoing));
+        let early = ready.early_messages.into_iter().map(outgoing).collect();
+        // Reported durable once this step's write is committed (`applied`).
+        let st = self.raw.status();
+        self.unreported = Some((st.last_index, st.last_term));
         self.track_leader();
-        Ok(Step { write, messages })
+        Ok(Step {
+            write,
+            messages,
+            early,
+        })
     }
 
     fn applied(&mut self, _blocks: &[AppliedBlock], store: &Store) -> Result<(), EngineError> {
+        // The step is committed: the log it handed out is durable (thesis §10.2.1).
+        if let Some((index, term)) = self.unreported.take() {
+            self.raw.on_persisted(index, term);
+        }
         // Raft §7: compact the log behind a snapshot. The snapshot names the ledger point
         // (head at the applied index); the blocks stay, so followers behind it sync them.
         if self.sync.is_none() && self.applied >= self.snapshot_index + self.opts.compact_every {

@@ -39,6 +39,9 @@ impl RaftEngine {
         cfg.heartbeat_tick = opts.heartbeat_tick;
         cfg.seed = opts.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         cfg.max_inflight = 256;
+        // The leader's appends leave while its own write is under way; `drive` sends them
+        // early and the engine reports each committed step (thesis §10.2.1).
+        cfg.parallel_leader_append = true;
         // The core packs AppendEntries to the budget minus the wire tag in front of it.
         cfg.max_msg_bytes = opts.max_message_bytes.saturating_sub(1);
         let max_batch_bytes = opts
@@ -131,6 +134,7 @@ impl RaftEngine {
             leader_changes: 0,
             last_leader: None,
             reads: Vec::new(),
+            unreported: None,
         })
     }
 }
