@@ -5,33 +5,11 @@
 use std::collections::BTreeSet;
 
 use ed25519_dalek::VerifyingKey;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{quorum, NodeId};
 use crate::crypto::{verify_many, Signature64};
-use crate::message::{encode_payload, Commit, Payload};
-
-/// Proof that `(view, seq, digest)` committed: signatures of distinct replicas over the
-/// canonical COMMIT payload for that replica.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitCertificate {
-    pub view: u64,
-    pub seq: u64,
-    pub digest: [u8; 32],
-    pub commits: Vec<(NodeId, Signature64)>,
-}
-
-/// One committed sequence number, handed to the node in order, without gaps. A null request
-/// (PBFT §4.4, filling a gap in a new view) has empty `requests` and digest [`NULL_DIGEST`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommittedBatch {
-    pub seq: u64,
-    pub view: u64,
-    pub requests: Vec<Vec<u8>>,
-    pub digest: [u8; 32],
-    pub certificate: CommitCertificate,
-}
+use crate::message::{encode_payload, Commit, CommitCertificate, CommittedBatch, Payload};
 
 /// Digest of the null request (an empty batch). The app is never asked to digest an empty batch.
 pub const NULL_DIGEST: [u8; 32] = [0u8; 32];

@@ -115,7 +115,7 @@ impl Config {
         if self.batch_budget() < MIN_BATCH_BUDGET {
             return Err(ConfigError::BudgetTooSmall(self.max_message_bytes));
         }
-        if self.max_message_bytes > crate::message::MAX_MESSAGE_BYTES {
+        if self.max_message_bytes > MAX_MESSAGE_BYTES {
             // Every replica drops a message this large undecoded: a full batch would never
             // be accepted.
             return Err(ConfigError::BudgetTooLarge(self.max_message_bytes));
@@ -131,6 +131,10 @@ impl Config {
         Ok(())
     }
 }
+
+/// Largest accepted wire message (an upper bound before decoding; the network's frame limit,
+/// `Config::max_message_bytes`, is normally far lower). Anything larger is dropped undecoded.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The smallest batch budget accepted: 4 KiB of requests.
 pub const MIN_BATCH_BUDGET: usize = 4096;
@@ -224,12 +228,12 @@ mod tests {
         );
         assert_eq!(Config::new(0, keys(4)).primary(5), 1);
         let mut c = Config::new(0, keys(4));
-        c.max_message_bytes = crate::MAX_MESSAGE_BYTES;
+        c.max_message_bytes = MAX_MESSAGE_BYTES;
         assert!(c.validate().is_ok());
         c.max_message_bytes += 1;
         assert_eq!(
             c.validate(),
-            Err(ConfigError::BudgetTooLarge(crate::MAX_MESSAGE_BYTES + 1))
+            Err(ConfigError::BudgetTooLarge(MAX_MESSAGE_BYTES + 1))
         );
     }
 }

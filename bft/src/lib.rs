@@ -23,13 +23,14 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use certificate::{CertificateError, CommitCertificate, CommittedBatch, NULL_DIGEST};
-pub use config::{request_cost, Config, ConfigError, NodeId};
+pub use certificate::{CertificateError, NULL_DIGEST};
+pub use config::{request_cost, Config, ConfigError, NodeId, MAX_MESSAGE_BYTES};
 pub use crypto::{Signature64, DOMAIN};
 pub use message::{
     decode_and_verify, decode_payload, decode_signed, encode_payload, reason, sign, sign_message,
-    Batch, BatchRequest, Checkpoint, Commit, NewView, Payload, PrePrepare, Prepare, PreparedProof,
-    Proposal, Request, SignedMessage, StateRequest, StateResponse, ViewChange, MAX_MESSAGE_BYTES,
+    Batch, BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
+    PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
+    StateResponse, ViewChange,
 };
 pub use replica::Replica;
 pub use state_transfer::{Fetch, ServeRequest};

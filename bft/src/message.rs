@@ -11,14 +11,9 @@
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::CommittedBatch;
-use crate::config::NodeId;
-use crate::crypto::{sign_bytes, verify_bytes, Signature64};
+use crate::config::{NodeId, MAX_MESSAGE_BYTES};
+use crate::crypto::{sign_bytes, verify_bytes, Signature64, VerifyCache};
 use crate::Rejected;
-
-/// Largest accepted wire message (an upper bound before decoding; the network's frame limit,
-/// `Config::max_message_bytes`, is normally far lower). Anything larger is dropped undecoded.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Rejection reasons, as counted in `Replica::rejections()`.
 pub mod reason {
@@ -143,6 +138,28 @@ pub struct StateRequest {
     pub replica: NodeId,
     pub from_seq: u64,
     pub to_seq: u64,
+}
+
+/// Proof that `(view, seq, digest)` committed: signatures of distinct replicas over the
+/// canonical COMMIT payload for that replica (checked by `CommitCertificate::verify`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCertificate {
+    pub view: u64,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub commits: Vec<(NodeId, Signature64)>,
+}
+
+/// One committed sequence number, handed to the node in order, without gaps. A null request
+/// (PBFT §4.4, filling a gap in a new view) has empty `requests` and digest
+/// [`NULL_DIGEST`](crate::NULL_DIGEST).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedBatch {
+    pub seq: u64,
+    pub view: u64,
+    pub requests: Vec<Vec<u8>>,
+    pub digest: [u8; 32],
+    pub certificate: CommitCertificate,
 }
 
 /// Committed batches with their commit certificates; self-certifying, so one correct responder
@@ -280,6 +297,22 @@ pub fn sign_message(payload: &Payload, key: &SigningKey) -> SignedMessage {
 /// Signs a payload and returns the wire bytes (postcard of the `SignedMessage`).
 pub fn sign(payload: &Payload, key: &SigningKey) -> Vec<u8> {
     sign_message(payload, key).to_wire()
+}
+
+/// Checks the signature of every `(message, signer)` pair not verified before (one batch
+/// verification for all of them) and remembers them. Signers must already be checked to be
+/// members.
+pub(crate) fn verify_cached(
+    cache: &mut VerifyCache,
+    keys: &[VerifyingKey],
+    items: &[(&SignedMessage, NodeId)],
+) -> bool {
+    cache.verify_all(
+        keys,
+        items
+            .iter()
+            .map(|(m, signer)| (m.payload.as_slice(), &m.signature, *signer)),
+    )
 }
 
 /// Decodes a wire envelope (size-limited) without checking the signature.

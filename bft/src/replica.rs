@@ -6,15 +6,16 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 
 use crate::arrivals::Arrivals;
-use crate::certificate::{CommitCertificate, CommittedBatch, NULL_DIGEST};
+use crate::certificate::NULL_DIGEST;
 use crate::checkpoint::{CheckpointVotes, StableCheckpoint};
 use crate::config::{request_cost, Config, ConfigError, NodeId};
 use crate::crypto::{sha256, VerifyCache};
 use crate::log::Slot;
 use crate::message::{
-    decode_payload, decode_signed, encode, reason, sign_message, Batch, BatchRequest, Checkpoint,
-    Commit, NewView, Payload, PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage,
-    StateRequest, StateResponse, ViewChange,
+    decode_payload, decode_signed, encode, reason, sign_message, verify_cached, Batch,
+    BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
+    PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
+    StateResponse, ViewChange,
 };
 use crate::persist::{self, seq_key, ViewState};
 use crate::state_transfer::{Fetch, FetchState};
@@ -968,10 +969,7 @@ impl<A: App> Replica<A> {
                 return Err(r);
             }
         };
-        if !self
-            .cache
-            .verify_all(&self.cfg.public_keys, &[(&m, signer)])
-        {
+        if !verify_cached(&mut self.cache, &self.cfg.public_keys, &[(&m, signer)]) {
             return Err(reason::BAD_SIGNATURE);
         }
         if buffer {
@@ -1130,10 +1128,7 @@ impl<A: App> Replica<A> {
                 return;
             }
         }
-        if self
-            .cache
-            .verify_all(&self.cfg.public_keys, &[(m, vc.replica)])
-        {
+        if verify_cached(&mut self.cache, &self.cfg.public_keys, &[(m, vc.replica)]) {
             self.new_view_resent_at.insert(vc.replica, self.ticks);
             self.send(vc.replica, "new_view", &nv);
         }
@@ -1173,10 +1168,11 @@ impl<A: App> Replica<A> {
         let Ok(Payload::PrePrepare(pp)) = decode_payload(&p.pre_prepare.payload) else {
             return Err(reason::MALFORMED);
         };
-        if !self
-            .cache
-            .verify_all(&self.cfg.public_keys, &[(&p.pre_prepare, pp.replica)])
-        {
+        if !verify_cached(
+            &mut self.cache,
+            &self.cfg.public_keys,
+            &[(&p.pre_prepare, pp.replica)],
+        ) {
             return Err(reason::BAD_SIGNATURE);
         }
         self.on_pre_prepare(p.pre_prepare, pp, Some(p.requests))
@@ -1769,7 +1765,7 @@ impl<A: App> Replica<A> {
         }
         let sigs: Vec<(&SignedMessage, NodeId)> =
             outer.iter().map(|(m, vc)| (m, vc.replica)).collect();
-        if !self.cache.verify_all(&self.cfg.public_keys, &sigs) {
+        if !verify_cached(&mut self.cache, &self.cfg.public_keys, &sigs) {
             return Err(reason::BAD_SIGNATURE);
         }
         for (m, vc) in outer {
@@ -1794,7 +1790,7 @@ impl<A: App> Replica<A> {
             pps.push((m.clone(), pp));
         }
         let sigs: Vec<(&SignedMessage, NodeId)> = pps.iter().map(|(m, _)| (m, primary)).collect();
-        if !self.cache.verify_all(&self.cfg.public_keys, &sigs) {
+        if !verify_cached(&mut self.cache, &self.cfg.public_keys, &sigs) {
             return Err(reason::BAD_SIGNATURE);
         }
         self.enter_view(v, plan, pps, msg);

@@ -8,7 +8,9 @@ use crate::certificate::NULL_DIGEST;
 use crate::checkpoint::StableCheckpoint;
 use crate::config::{Config, NodeId};
 use crate::crypto::VerifyCache;
-use crate::message::{decode_payload, reason, Payload, PreparedProof, SignedMessage, ViewChange};
+use crate::message::{
+    decode_payload, reason, verify_cached, Payload, PreparedProof, SignedMessage, ViewChange,
+};
 
 /// A prepared certificate reduced to what the view-change rule needs. It names the batch by
 /// digest only (the signed pre-prepare header + 2f PREPAREs): the body lives in the replica's
@@ -128,7 +130,7 @@ pub(crate) fn validate_view_change(
             },
         );
     }
-    if !cache.verify_all(&cfg.public_keys, &to_verify) {
+    if !verify_cached(cache, &cfg.public_keys, &to_verify) {
         return Err(reason::BAD_SIGNATURE);
     }
     Ok(VcEntry { msg, vc, certs })
