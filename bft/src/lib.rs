@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod log;
 pub mod message;
 mod persist;
+mod reject;
 pub mod replica;
 pub mod state_transfer;
 mod timer;
@@ -27,11 +28,12 @@ pub use certificate::{CertificateError, NULL_DIGEST};
 pub use config::{request_cost, Config, ConfigError, NodeId, MAX_MESSAGE_BYTES};
 pub use crypto::{Signature64, DOMAIN};
 pub use message::{
-    decode_and_verify, decode_payload, decode_signed, encode_payload, reason, sign, sign_message,
-    Batch, BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
-    PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
+    decode_and_verify, decode_payload, decode_signed, encode_payload, sign, sign_message, Batch,
+    BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, MessageKind, NewView,
+    Payload, PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
     StateResponse, ViewChange,
 };
+pub use reject::{RejectReason, Rejected};
 pub use replica::Replica;
 pub use state_transfer::{Fetch, ServeRequest};
 
@@ -49,20 +51,6 @@ pub trait App {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("invalid batch")]
 pub struct InvalidBatch;
-
-/// A message dropped by [`Replica::step`]; `reason` is the snake_case metric label (see
-/// [`message::reason`]).
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
-#[error("message rejected: {reason}")]
-pub struct Rejected {
-    pub reason: &'static str,
-}
-
-impl Rejected {
-    pub fn new(reason: &'static str) -> Self {
-        Rejected { reason }
-    }
-}
 
 /// Why a client request was not accepted.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -96,9 +84,7 @@ pub enum PersistOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {
     pub to: NodeId,
-    /// "request", "pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view",
-    /// "state_request", "state_response", "batch_request" or "batch".
-    pub kind: &'static str,
+    pub kind: MessageKind,
     pub bytes: Arc<[u8]>,
 }
 

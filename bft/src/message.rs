@@ -13,29 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{NodeId, MAX_MESSAGE_BYTES};
 use crate::crypto::{sign_bytes, verify_bytes, Signature64, VerifyCache};
-use crate::Rejected;
-
-/// Rejection reasons, as counted in `Replica::rejections()`.
-pub mod reason {
-    pub const MALFORMED: &str = "malformed";
-    pub const TOO_LARGE: &str = "too_large";
-    pub const BAD_SIGNATURE: &str = "bad_signature";
-    pub const UNKNOWN_PEER: &str = "unknown_peer";
-    pub const WRONG_SENDER: &str = "wrong_sender";
-    pub const STALE: &str = "stale";
-    pub const OUT_OF_WINDOW: &str = "out_of_window";
-    pub const WRONG_VIEW: &str = "wrong_view";
-    pub const NOT_PRIMARY: &str = "not_primary";
-    pub const CONFLICT: &str = "conflicting_message";
-    pub const BAD_DIGEST: &str = "bad_digest";
-    pub const INVALID_REQUEST: &str = "invalid_request";
-    pub const BAD_PROOF: &str = "bad_proof";
-    pub const BAD_NEW_VIEW: &str = "bad_new_view";
-    pub const BAD_CERTIFICATE: &str = "bad_certificate";
-    pub const UNSOLICITED: &str = "unsolicited";
-    pub const CANNOT_SERVE: &str = "cannot_serve";
-    pub const BUFFER_FULL: &str = "buffer_full";
-}
+use crate::reject::{RejectReason, Rejected};
 
 /// The envelope on the wire: payload bytes plus a signature over `DOMAIN ‖ payload`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,22 +217,108 @@ impl Payload {
         }
     }
 
-    /// snake_case name used in `Outgoing::kind` and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Which kind of message this is (its metric label, and what tests and faults select on).
+    pub fn kind(&self) -> MessageKind {
         match self {
-            Payload::Request(_) => "request",
-            Payload::PrePrepare(_) => "pre_prepare",
-            Payload::Prepare(_) => "prepare",
-            Payload::Commit(_) => "commit",
-            Payload::Checkpoint(_) => "checkpoint",
-            Payload::ViewChange(_) => "view_change",
-            Payload::NewView(_) => "new_view",
-            Payload::StateRequest(_) => "state_request",
-            Payload::StateResponse(_) => "state_response",
-            Payload::Proposal(_) => "pre_prepare",
-            Payload::BatchRequest(_) => "batch_request",
-            Payload::Batch(_) => "batch",
+            Payload::Request(_) => MessageKind::Request,
+            Payload::PrePrepare(_) => MessageKind::PrePrepare,
+            Payload::Prepare(_) => MessageKind::Prepare,
+            Payload::Commit(_) => MessageKind::Commit,
+            Payload::Checkpoint(_) => MessageKind::Checkpoint,
+            Payload::ViewChange(_) => MessageKind::ViewChange,
+            Payload::NewView(_) => MessageKind::NewView,
+            Payload::StateRequest(_) => MessageKind::StateRequest,
+            Payload::StateResponse(_) => MessageKind::StateResponse,
+            Payload::Proposal(_) => MessageKind::Proposal,
+            Payload::BatchRequest(_) => MessageKind::BatchRequest,
+            Payload::Batch(_) => MessageKind::Batch,
         }
+    }
+}
+
+/// The kind of a wire message: one variant per [`Payload`] variant, in the same order.
+///
+/// [`MessageKind::as_str`] is the `type` label of the node's per-peer message metrics, so the
+/// labels never change. A [`Proposal`] is the normal-case PRE-PREPARE with its batch and is
+/// labelled `pre_prepare` like a bare header: to an operator both are the primary's
+/// pre-prepare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MessageKind {
+    /// [`Payload::Request`].
+    Request,
+    /// [`Payload::PrePrepare`].
+    PrePrepare,
+    /// [`Payload::Prepare`].
+    Prepare,
+    /// [`Payload::Commit`].
+    Commit,
+    /// [`Payload::Checkpoint`].
+    Checkpoint,
+    /// [`Payload::ViewChange`].
+    ViewChange,
+    /// [`Payload::NewView`].
+    NewView,
+    /// [`Payload::StateRequest`].
+    StateRequest,
+    /// [`Payload::StateResponse`].
+    StateResponse,
+    /// [`Payload::Proposal`].
+    Proposal,
+    /// [`Payload::BatchRequest`].
+    BatchRequest,
+    /// [`Payload::Batch`].
+    Batch,
+}
+
+impl MessageKind {
+    /// Every kind, indexed by the `Payload` variant index that starts an encoded payload.
+    pub const ALL: [MessageKind; 12] = [
+        MessageKind::Request,
+        MessageKind::PrePrepare,
+        MessageKind::Prepare,
+        MessageKind::Commit,
+        MessageKind::Checkpoint,
+        MessageKind::ViewChange,
+        MessageKind::NewView,
+        MessageKind::StateRequest,
+        MessageKind::StateResponse,
+        MessageKind::Proposal,
+        MessageKind::BatchRequest,
+        MessageKind::Batch,
+    ];
+
+    /// The snake_case metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Request => "request",
+            MessageKind::PrePrepare | MessageKind::Proposal => "pre_prepare",
+            MessageKind::Prepare => "prepare",
+            MessageKind::Commit => "commit",
+            MessageKind::Checkpoint => "checkpoint",
+            MessageKind::ViewChange => "view_change",
+            MessageKind::NewView => "new_view",
+            MessageKind::StateRequest => "state_request",
+            MessageKind::StateResponse => "state_response",
+            MessageKind::BatchRequest => "batch_request",
+            MessageKind::Batch => "batch",
+        }
+    }
+
+    /// The kind of an encoded [`SignedMessage`], read without decoding the payload or checking
+    /// the signature, so that counting received messages by kind costs next to nothing. The
+    /// envelope's payload bytes come first, and a payload starts with its variant index. None
+    /// if the bytes do not get that far.
+    pub fn of_wire(bytes: &[u8]) -> Option<MessageKind> {
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow)]
+            payload: &'a [u8],
+        }
+        let (envelope, _) = postcard::take_from_bytes::<Envelope<'_>>(bytes).ok()?;
+        let (variant, _) = postcard::take_from_bytes::<u32>(envelope.payload).ok()?;
+        MessageKind::ALL
+            .get(usize::try_from(variant).ok()?)
+            .copied()
     }
 }
 
@@ -277,9 +341,10 @@ pub fn encode_payload(p: &Payload) -> Vec<u8> {
 /// Decodes payload bytes and insists they are canonical (re-encoding gives the same bytes, no
 /// trailing garbage), so that one logical message has exactly one signed form.
 pub fn decode_payload(bytes: &[u8]) -> Result<Payload, Rejected> {
-    let p: Payload = postcard::from_bytes(bytes).map_err(|_| Rejected::new(reason::MALFORMED))?;
+    let p: Payload =
+        postcard::from_bytes(bytes).map_err(|_| Rejected::new(RejectReason::Malformed))?;
     if encode(&p) != bytes {
-        return Err(Rejected::new(reason::MALFORMED));
+        return Err(Rejected::new(RejectReason::Malformed));
     }
     Ok(p)
 }
@@ -318,10 +383,10 @@ pub(crate) fn verify_cached(
 /// Decodes a wire envelope (size-limited) without checking the signature.
 pub fn decode_signed(bytes: &[u8]) -> Result<SignedMessage, Rejected> {
     if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(Rejected::new(reason::TOO_LARGE));
+        return Err(Rejected::new(RejectReason::TooLarge));
     }
     let m: SignedMessage =
-        postcard::from_bytes(bytes).map_err(|_| Rejected::new(reason::MALFORMED))?;
+        postcard::from_bytes(bytes).map_err(|_| Rejected::new(RejectReason::Malformed))?;
     Ok(m)
 }
 
@@ -336,9 +401,9 @@ pub fn decode_and_verify(
     let p = decode_payload(&m.payload)?;
     let key = public_keys
         .get(usize::try_from(p.signer()).unwrap_or(usize::MAX))
-        .ok_or(Rejected::new(reason::UNKNOWN_PEER))?;
+        .ok_or(Rejected::new(RejectReason::UnknownPeer))?;
     if !verify_bytes(&m.payload, &m.signature, key) {
-        return Err(Rejected::new(reason::BAD_SIGNATURE));
+        return Err(Rejected::new(RejectReason::BadSignature));
     }
     Ok((p, m))
 }
@@ -371,7 +436,7 @@ mod tests {
         let forged = sign(&p, &key(1));
         assert_eq!(
             decode_and_verify(&forged, &keys).unwrap_err().reason,
-            reason::BAD_SIGNATURE
+            RejectReason::BadSignature
         );
         // Unknown signer.
         let p9 = Payload::Commit(Commit {
@@ -384,7 +449,7 @@ mod tests {
             decode_and_verify(&sign(&p9, &key(1)), &keys)
                 .unwrap_err()
                 .reason,
-            reason::UNKNOWN_PEER
+            RejectReason::UnknownPeer
         );
     }
 
@@ -400,11 +465,11 @@ mod tests {
         bytes.push(0);
         assert_eq!(
             decode_payload(&bytes).unwrap_err().reason,
-            reason::MALFORMED
+            RejectReason::Malformed
         );
         assert_eq!(
             decode_payload(&[200, 1, 2]).unwrap_err().reason,
-            reason::MALFORMED
+            RejectReason::Malformed
         );
         // Overlong varint for view (1 encoded in two bytes) is not canonical.
         let canon = encode_payload(&p);
@@ -412,6 +477,135 @@ mod tests {
         overlong.extend_from_slice(&canon[2..]);
         assert!(decode_payload(&overlong).is_err());
         assert!(decode_signed(&vec![0u8; MAX_MESSAGE_BYTES + 1]).is_err());
+    }
+
+    /// One payload of every kind, in `Payload` declaration order.
+    fn one_of_each() -> Vec<Payload> {
+        let header = sign_message(
+            &Payload::PrePrepare(PrePrepare {
+                view: 0,
+                seq: 1,
+                digest: [1; 32],
+                replica: 0,
+            }),
+            &key(1),
+        );
+        vec![
+            Payload::Request(Request {
+                replica: 1,
+                request: b"r".to_vec(),
+            }),
+            Payload::PrePrepare(PrePrepare {
+                view: 0,
+                seq: 1,
+                digest: [1; 32],
+                replica: 0,
+            }),
+            Payload::Prepare(Prepare {
+                view: 0,
+                seq: 1,
+                digest: [1; 32],
+                replica: 1,
+            }),
+            Payload::Commit(Commit {
+                view: 0,
+                seq: 1,
+                digest: [1; 32],
+                replica: 1,
+            }),
+            Payload::Checkpoint(Checkpoint {
+                seq: 16,
+                state_digest: [2; 32],
+                replica: 1,
+            }),
+            Payload::ViewChange(ViewChange {
+                new_view: 1,
+                replica: 1,
+                stable_seq: 0,
+                stable_digest: [0; 32],
+                checkpoint_proof: Vec::new(),
+                prepared: Vec::new(),
+            }),
+            Payload::NewView(NewView {
+                view: 1,
+                replica: 1,
+                view_changes: Vec::new(),
+                pre_prepares: Vec::new(),
+            }),
+            Payload::StateRequest(StateRequest {
+                replica: 1,
+                from_seq: 1,
+                to_seq: 2,
+            }),
+            Payload::StateResponse(StateResponse {
+                replica: 1,
+                batches: Vec::new(),
+            }),
+            Payload::Proposal(Proposal {
+                replica: 0,
+                pre_prepare: header,
+                requests: vec![b"r".to_vec()],
+            }),
+            Payload::BatchRequest(BatchRequest {
+                replica: 1,
+                seq: 1,
+                digest: [1; 32],
+            }),
+            Payload::Batch(Batch {
+                replica: 1,
+                seq: 1,
+                digest: [1; 32],
+                requests: Vec::new(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn message_kind_is_read_from_the_wire_without_decoding_or_verifying() {
+        let all = one_of_each();
+        assert_eq!(all.len(), MessageKind::ALL.len());
+        for (i, p) in all.iter().enumerate() {
+            assert_eq!(p.kind(), MessageKind::ALL[i], "{p:?}");
+            assert_eq!(encode_payload(p)[0] as usize, i, "variant index of {p:?}");
+            let mut m = sign_message(p, &key(1));
+            assert_eq!(MessageKind::of_wire(&m.to_wire()), Some(p.kind()));
+            // Reading the kind checks nothing: a broken signature still names its kind.
+            m.signature.0[0] ^= 1;
+            assert_eq!(MessageKind::of_wire(&m.to_wire()), Some(p.kind()));
+        }
+        // The metric labels the node has always used; a proposal counts as a pre-prepare.
+        let labels: Vec<&str> = MessageKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "request",
+                "pre_prepare",
+                "prepare",
+                "commit",
+                "checkpoint",
+                "view_change",
+                "new_view",
+                "state_request",
+                "state_response",
+                "pre_prepare",
+                "batch_request",
+                "batch",
+            ]
+        );
+        assert_eq!(MessageKind::of_wire(&[]), None);
+        assert_eq!(MessageKind::of_wire(&[0xff]), None);
+        // A payload whose variant index names no kind.
+        let unknown = SignedMessage {
+            payload: vec![12, 0],
+            signature: Signature64([0; 64]),
+        };
+        assert_eq!(MessageKind::of_wire(&unknown.to_wire()), None);
+        // An envelope whose payload is empty.
+        let empty = SignedMessage {
+            payload: Vec::new(),
+            signature: Signature64([0; 64]),
+        };
+        assert_eq!(MessageKind::of_wire(&empty.to_wire()), None);
     }
 
     #[test]

@@ -12,12 +12,13 @@ use crate::config::{request_cost, Config, ConfigError, NodeId};
 use crate::crypto::{sha256, VerifyCache};
 use crate::log::Slot;
 use crate::message::{
-    decode_payload, decode_signed, encode, reason, sign_message, verify_cached, Batch,
-    BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
+    decode_payload, decode_signed, encode, sign_message, verify_cached, Batch, BatchRequest,
+    Checkpoint, Commit, CommitCertificate, CommittedBatch, MessageKind, NewView, Payload,
     PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
     StateResponse, ViewChange,
 };
 use crate::persist::{self, seq_key, ViewState};
+use crate::reject::RejectReason;
 use crate::state_transfer::{Fetch, FetchState};
 use crate::timer::Timer;
 use crate::view_change::{compute_plan, validate_view_change, NewViewPlan, PreparedCert, VcEntry};
@@ -116,7 +117,7 @@ pub struct Replica<A: App> {
     persisted_seqs: BTreeSet<u64>,
 
     cache: VerifyCache,
-    rejections: BTreeMap<&'static str, u64>,
+    rejections: BTreeMap<RejectReason, u64>,
     out: Ready,
 }
 
@@ -333,7 +334,7 @@ impl<A: App> Replica<A> {
     // ------------------------------------------------------------------ accessors
 
     /// Messages dropped so far, by reason.
-    pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
+    pub fn rejections(&self) -> &BTreeMap<RejectReason, u64> {
         &self.rejections
     }
 
@@ -417,7 +418,7 @@ impl<A: App> Replica<A> {
                 replica: self.me,
                 request,
             }));
-            self.broadcast("request", &m);
+            self.broadcast(MessageKind::Request, &m);
         }
     }
 
@@ -451,7 +452,7 @@ impl<A: App> Replica<A> {
                 replica: self.me,
                 request,
             }));
-            self.send(p, "request", &m);
+            self.send(p, MessageKind::Request, &m);
         }
     }
 
@@ -505,13 +506,15 @@ impl<A: App> Replica<A> {
         m
     }
 
-    fn send(&mut self, to: NodeId, kind: &'static str, m: &SignedMessage) {
+    fn send(&mut self, to: NodeId, kind: MessageKind, m: &SignedMessage) {
         let bytes: Arc<[u8]> = m.to_wire().into();
+        debug_assert_eq!(MessageKind::of_wire(&bytes), Some(kind));
         self.out.messages.push(Outgoing { to, kind, bytes });
     }
 
-    fn broadcast(&mut self, kind: &'static str, m: &SignedMessage) {
+    fn broadcast(&mut self, kind: MessageKind, m: &SignedMessage) {
         let bytes: Arc<[u8]> = m.to_wire().into();
+        debug_assert_eq!(MessageKind::of_wire(&bytes), Some(kind));
         for to in 0..self.n as NodeId {
             if to != self.me {
                 self.out.messages.push(Outgoing {
@@ -523,7 +526,7 @@ impl<A: App> Replica<A> {
         }
     }
 
-    fn reject(&mut self, r: &'static str) {
+    fn reject(&mut self, r: RejectReason) {
         *self.rejections.entry(r).or_default() += 1;
     }
 
@@ -590,7 +593,7 @@ impl<A: App> Replica<A> {
                         request: request.clone(),
                     }));
                     let p = self.cfg.primary(self.view);
-                    self.send(p, "request", &m);
+                    self.send(p, MessageKind::Request, &m);
                 } else {
                     self.relay_due.push_back((self.ticks, h));
                 }
@@ -658,7 +661,7 @@ impl<A: App> Replica<A> {
                 Err(_) => {
                     // A request valid on its own made the batch invalid (e.g. the app's view
                     // of a client changed): drop the batch rather than propose garbage.
-                    self.reject(reason::INVALID_REQUEST);
+                    self.reject(RejectReason::InvalidRequest);
                     continue;
                 }
             };
@@ -678,7 +681,7 @@ impl<A: App> Replica<A> {
                 pre_prepare: m.clone(),
                 requests,
             }));
-            self.broadcast("pre_prepare", &proposal);
+            self.broadcast(MessageKind::Proposal, &proposal);
             for (h, r) in batch {
                 self.in_flight.insert(h, r);
             }
@@ -706,7 +709,7 @@ impl<A: App> Replica<A> {
         } else if self.vc_resend <= 1 {
             self.vc_resend = self.vc_resend_interval();
             if let Some(m) = self.view_changes.get(&self.me).map(|e| e.msg.clone()) {
-                self.broadcast("view_change", &m);
+                self.broadcast(MessageKind::ViewChange, &m);
             }
         } else {
             self.vc_resend -= 1;
@@ -801,13 +804,13 @@ impl<A: App> Replica<A> {
                 seq,
                 digest,
             }));
-            self.send(to, "batch_request", &m);
+            self.send(to, MessageKind::BatchRequest, &m);
         }
     }
 
-    fn on_batch_request(&mut self, r: BatchRequest) -> Result<(), &'static str> {
+    fn on_batch_request(&mut self, r: BatchRequest) -> Result<(), RejectReason> {
         let Some(requests) = self.body_of(&r.digest) else {
-            return Err(reason::CANNOT_SERVE);
+            return Err(RejectReason::CannotServe);
         };
         let m = self.sign(&Payload::Batch(Batch {
             replica: self.me,
@@ -815,20 +818,20 @@ impl<A: App> Replica<A> {
             digest: r.digest,
             requests,
         }));
-        self.send(r.replica, "batch", &m);
+        self.send(r.replica, MessageKind::Batch, &m);
         Ok(())
     }
 
     /// A fetched body: usable only if the app's digest of it is the digest we asked for.
-    fn on_batch(&mut self, b: Batch) -> Result<(), &'static str> {
+    fn on_batch(&mut self, b: Batch) -> Result<(), RejectReason> {
         let Some(mb) = self.missing.get(&b.digest) else {
-            return Err(reason::UNSOLICITED);
+            return Err(RejectReason::Unsolicited);
         };
         let seq = mb.seq;
         match self.batch_digest(&b.requests) {
             Ok(d) if d == b.digest => {}
-            Ok(_) => return Err(reason::BAD_DIGEST),
-            Err(_) => return Err(reason::INVALID_REQUEST),
+            Ok(_) => return Err(RejectReason::BadDigest),
+            Err(_) => return Err(RejectReason::InvalidRequest),
         }
         self.store_body(seq, b.digest, b.requests);
         self.body_arrived(b.digest);
@@ -882,7 +885,7 @@ impl<A: App> Replica<A> {
                 replica: self.me,
             }));
             self.put_seq(persist::PR, seq, prep.to_wire());
-            self.broadcast("prepare", &prep);
+            self.broadcast(MessageKind::Prepare, &prep);
             let me = self.me;
             if let Some(slot) = self.log.get_mut(&seq) {
                 slot.prepares.insert(me, (pp.digest, prep));
@@ -944,22 +947,22 @@ impl<A: App> Replica<A> {
         }
     }
 
-    fn step_inner(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), &'static str> {
+    fn step_inner(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), RejectReason> {
         if from >= self.n as NodeId {
-            return Err(reason::UNKNOWN_PEER);
+            return Err(RejectReason::UnknownPeer);
         }
         let m = decode_signed(bytes).map_err(|r| r.reason)?;
         let p = decode_payload(&m.payload).map_err(|r| r.reason)?;
         let signer = p.signer();
         if signer >= self.n as NodeId {
-            return Err(reason::UNKNOWN_PEER);
+            return Err(RejectReason::UnknownPeer);
         }
         // A NEW-VIEW is self-certifying (the new primary's signature over 2f+1 signed
         // VIEW-CHANGEs), so any replica may relay it to one that missed it; every other message
         // comes from its signer.
         let relayed = matches!(p, Payload::NewView(_));
         if (signer != from && !relayed) || from == self.me {
-            return Err(reason::WRONG_SENDER);
+            return Err(RejectReason::WrongSender);
         }
         // Cheap protocol checks before the expensive signature check.
         let buffer = match self.precheck(&p) {
@@ -970,7 +973,7 @@ impl<A: App> Replica<A> {
             }
         };
         if !verify_cached(&mut self.cache, &self.cfg.public_keys, &[(&m, signer)]) {
-            return Err(reason::BAD_SIGNATURE);
+            return Err(RejectReason::BadSignature);
         }
         if buffer {
             // Bounded per sender, by count and bytes: a Byzantine replica can fill only its own
@@ -983,7 +986,7 @@ impl<A: App> Replica<A> {
             let max_count = 2 * self.cfg.watermark_window as usize + 16;
             let max_bytes = 8 * self.cfg.max_message_bytes;
             if count >= max_count || size + bytes.len() > max_bytes {
-                return Err(reason::BUFFER_FULL);
+                return Err(RejectReason::BufferFull);
             }
             self.future.push_back((from, bytes.to_vec()));
             return Ok(());
@@ -1006,16 +1009,16 @@ impl<A: App> Replica<A> {
 
     /// Returns Ok(true) if the message is for a later view (or just beyond the high watermark)
     /// and should be buffered after its signature is checked.
-    fn precheck(&self, p: &Payload) -> Result<bool, &'static str> {
-        let normal = |view: u64, seq: u64| -> Result<bool, &'static str> {
+    fn precheck(&self, p: &Payload) -> Result<bool, RejectReason> {
+        let normal = |view: u64, seq: u64| -> Result<bool, RejectReason> {
             if view < self.view || seq <= self.h() {
-                return Err(reason::STALE);
+                return Err(RejectReason::Stale);
             }
             if view > self.view.saturating_add(FUTURE_VIEWS) {
-                return Err(reason::WRONG_VIEW);
+                return Err(RejectReason::WrongView);
             }
             if seq > self.high().saturating_add(self.cfg.watermark_window) {
-                return Err(reason::OUT_OF_WINDOW);
+                return Err(RejectReason::OutOfWindow);
             }
             // PBFT §4.2: only h < n ≤ H is accepted; slightly ahead is kept for when the
             // window moves (another replica's checkpoint may have become stable first).
@@ -1025,22 +1028,22 @@ impl<A: App> Replica<A> {
         // that view's primary, a prepare from one of its backups (§4.2).
         match p {
             Payload::PrePrepare(x) if x.replica != self.cfg.primary(x.view) => {
-                Err(reason::NOT_PRIMARY)
+                Err(RejectReason::NotPrimary)
             }
             Payload::PrePrepare(x) => normal(x.view, x.seq),
             Payload::Proposal(x) => match decode_payload(&x.pre_prepare.payload) {
                 Ok(Payload::PrePrepare(pp)) if pp.replica != self.cfg.primary(pp.view) => {
-                    Err(reason::NOT_PRIMARY)
+                    Err(RejectReason::NotPrimary)
                 }
                 Ok(Payload::PrePrepare(pp)) if pp.replica == x.replica => normal(pp.view, pp.seq),
-                _ => Err(reason::MALFORMED),
+                _ => Err(RejectReason::Malformed),
             },
             Payload::Prepare(x) if x.replica == self.cfg.primary(x.view) => {
-                Err(reason::WRONG_SENDER)
+                Err(RejectReason::WrongSender)
             }
             Payload::BatchRequest(r) => {
                 if r.seq <= self.h() {
-                    Err(reason::STALE)
+                    Err(RejectReason::Stale)
                 } else {
                     Ok(false)
                 }
@@ -1049,57 +1052,57 @@ impl<A: App> Replica<A> {
                 if self.missing.contains_key(&b.digest) {
                     Ok(false)
                 } else {
-                    Err(reason::UNSOLICITED)
+                    Err(RejectReason::Unsolicited)
                 }
             }
             Payload::Prepare(x) => normal(x.view, x.seq),
             Payload::Commit(x) => normal(x.view, x.seq),
             Payload::Checkpoint(c) => {
                 if c.seq == 0 || c.seq % self.cfg.checkpoint_interval != 0 {
-                    Err(reason::MALFORMED)
+                    Err(RejectReason::Malformed)
                 } else if c.seq <= self.h() {
-                    Err(reason::STALE)
+                    Err(RejectReason::Stale)
                 } else {
                     Ok(false)
                 }
             }
             Payload::ViewChange(vc) => {
                 if vc.new_view < self.view || (vc.new_view == self.view && !self.in_view_change) {
-                    return Err(reason::STALE);
+                    return Err(RejectReason::Stale);
                 }
                 match self.view_changes.get(&vc.replica) {
-                    Some(e) if e.vc.new_view >= vc.new_view => Err(reason::STALE),
+                    Some(e) if e.vc.new_view >= vc.new_view => Err(RejectReason::Stale),
                     _ => Ok(false),
                 }
             }
             Payload::NewView(nv) => {
                 if nv.view < self.view || (nv.view == self.view && !self.in_view_change) {
-                    Err(reason::STALE)
+                    Err(RejectReason::Stale)
                 } else if nv.replica != self.cfg.primary(nv.view) {
-                    Err(reason::NOT_PRIMARY)
+                    Err(RejectReason::NotPrimary)
                 } else {
                     Ok(false)
                 }
             }
             Payload::Request(r) => {
                 if r.request.len() > MAX_REQUEST_BYTES {
-                    Err(reason::MALFORMED)
+                    Err(RejectReason::Malformed)
                 } else {
                     Ok(false)
                 }
             }
             Payload::StateRequest(r) => {
                 if r.from_seq == 0 || r.from_seq > r.to_seq {
-                    Err(reason::MALFORMED)
+                    Err(RejectReason::Malformed)
                 } else if r.from_seq > self.last_executed {
-                    Err(reason::CANNOT_SERVE)
+                    Err(RejectReason::CannotServe)
                 } else {
                     Ok(false)
                 }
             }
             Payload::StateResponse(_) => {
                 if self.fetch.is_none() {
-                    Err(reason::UNSOLICITED)
+                    Err(RejectReason::Unsolicited)
                 } else {
                     Ok(false)
                 }
@@ -1130,11 +1133,11 @@ impl<A: App> Replica<A> {
         }
         if verify_cached(&mut self.cache, &self.cfg.public_keys, &[(m, vc.replica)]) {
             self.new_view_resent_at.insert(vc.replica, self.ticks);
-            self.send(vc.replica, "new_view", &nv);
+            self.send(vc.replica, MessageKind::NewView, &nv);
         }
     }
 
-    fn on_request(&mut self, r: Request) -> Result<(), &'static str> {
+    fn on_request(&mut self, r: Request) -> Result<(), RejectReason> {
         if !self.is_primary() || self.in_view_change {
             // §4.1: a request that reaches a backup is the client's broadcast after its
             // timeout (here relayed by the replica the client talked to, see
@@ -1144,15 +1147,15 @@ impl<A: App> Replica<A> {
             // nothing it could not get by sending it to the primary.
             return match self.submit(r.request) {
                 Ok(()) | Err(SubmitError::Duplicate) => Ok(()),
-                Err(SubmitError::TooLarge(_)) => Err(reason::TOO_LARGE),
-                Err(SubmitError::Invalid) => Err(reason::INVALID_REQUEST),
+                Err(SubmitError::TooLarge(_)) => Err(RejectReason::TooLarge),
+                Err(SubmitError::Invalid) => Err(RejectReason::InvalidRequest),
             };
         }
         if request_cost(r.request.len()) > self.cfg.batch_budget() {
-            return Err(reason::TOO_LARGE);
+            return Err(RejectReason::TooLarge);
         }
         if self.app.request_digest(&r.request).is_none() {
-            return Err(reason::INVALID_REQUEST);
+            return Err(RejectReason::InvalidRequest);
         }
         let h = sha256(&[&r.request]);
         self.enqueue(h, r.request);
@@ -1164,16 +1167,16 @@ impl<A: App> Replica<A> {
     }
 
     /// The normal-case PRE-PREPARE: the primary's signed header with the batch alongside.
-    fn on_proposal(&mut self, p: Proposal) -> Result<(), &'static str> {
+    fn on_proposal(&mut self, p: Proposal) -> Result<(), RejectReason> {
         let Ok(Payload::PrePrepare(pp)) = decode_payload(&p.pre_prepare.payload) else {
-            return Err(reason::MALFORMED);
+            return Err(RejectReason::Malformed);
         };
         if !verify_cached(
             &mut self.cache,
             &self.cfg.public_keys,
             &[(&p.pre_prepare, pp.replica)],
         ) {
-            return Err(reason::BAD_SIGNATURE);
+            return Err(RejectReason::BadSignature);
         }
         self.on_pre_prepare(p.pre_prepare, pp, Some(p.requests))
     }
@@ -1188,15 +1191,15 @@ impl<A: App> Replica<A> {
         m: SignedMessage,
         pp: PrePrepare,
         body: Option<Vec<Vec<u8>>>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), RejectReason> {
         if pp.replica != self.cfg.primary(self.view) {
-            return Err(reason::NOT_PRIMARY);
+            return Err(RejectReason::NotPrimary);
         }
         let seq = pp.seq;
         let digest = pp.digest;
         if let Some(d) = self.log.get(&seq).and_then(|s| s.digest()) {
             if d != digest {
-                return Err(reason::CONFLICT);
+                return Err(RejectReason::ConflictingMessage);
             }
             if self.has_body(&digest) {
                 return Ok(());
@@ -1205,8 +1208,8 @@ impl<A: App> Replica<A> {
         if let Some(requests) = body {
             match self.batch_digest(&requests) {
                 Ok(d) if d == digest => {}
-                Ok(_) => return Err(reason::BAD_DIGEST),
-                Err(_) => return Err(reason::INVALID_REQUEST),
+                Ok(_) => return Err(RejectReason::BadDigest),
+                Err(_) => return Err(RejectReason::InvalidRequest),
             }
             self.store_body(seq, digest, requests);
         }
@@ -1223,14 +1226,14 @@ impl<A: App> Replica<A> {
         Ok(())
     }
 
-    fn on_prepare(&mut self, m: SignedMessage, p: Prepare) -> Result<(), &'static str> {
+    fn on_prepare(&mut self, m: SignedMessage, p: Prepare) -> Result<(), RejectReason> {
         if p.replica == self.cfg.primary(self.view) {
-            return Err(reason::WRONG_SENDER);
+            return Err(RejectReason::WrongSender);
         }
         let view = self.view;
         let slot = self.log.entry(p.seq).or_insert_with(|| Slot::new(view));
         match slot.prepares.get(&p.replica) {
-            Some((d, _)) if *d != p.digest => return Err(reason::CONFLICT),
+            Some((d, _)) if *d != p.digest => return Err(RejectReason::ConflictingMessage),
             Some(_) => return Ok(()),
             None => {
                 slot.prepares.insert(p.replica, (p.digest, m));
@@ -1240,11 +1243,11 @@ impl<A: App> Replica<A> {
         Ok(())
     }
 
-    fn on_commit(&mut self, m: SignedMessage, c: Commit) -> Result<(), &'static str> {
+    fn on_commit(&mut self, m: SignedMessage, c: Commit) -> Result<(), RejectReason> {
         let view = self.view;
         let slot = self.log.entry(c.seq).or_insert_with(|| Slot::new(view));
         match slot.commits.get(&c.replica) {
-            Some((d, _)) if *d != c.digest => return Err(reason::CONFLICT),
+            Some((d, _)) if *d != c.digest => return Err(RejectReason::ConflictingMessage),
             Some(_) => return Ok(()),
             None => {
                 slot.commits.insert(c.replica, (c.digest, m.signature));
@@ -1300,7 +1303,7 @@ impl<A: App> Replica<A> {
                 replica: self.me,
             }));
             self.put_seq(persist::CM, seq, cm.to_wire());
-            self.broadcast("commit", &cm);
+            self.broadcast(MessageKind::Commit, &cm);
             let me = self.me;
             if let Some(slot) = self.log.get_mut(&seq) {
                 slot.prepared = true;
@@ -1404,11 +1407,11 @@ impl<A: App> Replica<A> {
             replica: self.me,
         }));
         self.put_seq(persist::CK, seq, m.to_wire());
-        self.broadcast("checkpoint", &m);
+        self.broadcast(MessageKind::Checkpoint, &m);
         self.record_checkpoint(seq, self.me, state_digest, m);
     }
 
-    fn on_checkpoint(&mut self, m: SignedMessage, c: Checkpoint) -> Result<(), &'static str> {
+    fn on_checkpoint(&mut self, m: SignedMessage, c: Checkpoint) -> Result<(), RejectReason> {
         self.record_checkpoint(c.seq, c.replica, c.state_digest, m);
         Ok(())
     }
@@ -1512,7 +1515,7 @@ impl<A: App> Replica<A> {
             from_seq,
             to_seq,
         }));
-        self.send(peer, "state_request", &m);
+        self.send(peer, MessageKind::StateRequest, &m);
         self.out.fetch = Some(Fetch {
             from_seq,
             to_seq,
@@ -1520,7 +1523,7 @@ impl<A: App> Replica<A> {
         });
     }
 
-    fn on_state_request(&mut self, r: StateRequest) -> Result<(), &'static str> {
+    fn on_state_request(&mut self, r: StateRequest) -> Result<(), RejectReason> {
         let cap = r.from_seq.saturating_add(4 * self.cfg.watermark_window - 1);
         self.out.serve.push(ServeRequest {
             to: r.replica,
@@ -1557,12 +1560,12 @@ impl<A: App> Replica<A> {
             replica: self.me,
             batches: chunk,
         }));
-        self.send(to, "state_response", &m);
+        self.send(to, MessageKind::StateResponse, &m);
     }
 
     /// Accepts batches that continue our executed prefix and carry a valid commit certificate
     /// whose digest is the app's digest of the requests; emits them like normal commits.
-    fn on_state_response(&mut self, r: StateResponse) -> Result<(), &'static str> {
+    fn on_state_response(&mut self, r: StateResponse) -> Result<(), RejectReason> {
         let mut result = Ok(());
         let before = self.last_executed;
         for b in r.batches {
@@ -1570,12 +1573,12 @@ impl<A: App> Replica<A> {
                 continue;
             }
             if b.seq != self.last_executed + 1 {
-                result = Err(reason::BAD_CERTIFICATE);
+                result = Err(RejectReason::BadCertificate);
                 break;
             }
             let digest_ok = matches!(self.batch_digest(&b.requests), Ok(d) if d == b.digest);
             if !digest_ok || b.verify_certificate(&self.cfg.public_keys, self.f).is_err() {
-                result = Err(reason::BAD_CERTIFICATE);
+                result = Err(RejectReason::BadCertificate);
                 break;
             }
             self.deliver(b);
@@ -1640,7 +1643,7 @@ impl<A: App> Replica<A> {
         };
         let m = self.sign(&Payload::ViewChange(vc.clone()));
         self.put(persist::VC.to_vec(), m.to_wire());
-        self.broadcast("view_change", &m);
+        self.broadcast(MessageKind::ViewChange, &m);
         let certs = self
             .prepared
             .range(h + 1..)
@@ -1651,7 +1654,7 @@ impl<A: App> Replica<A> {
         self.after_view_change_update();
     }
 
-    fn on_view_change(&mut self, m: SignedMessage, vc: ViewChange) -> Result<(), &'static str> {
+    fn on_view_change(&mut self, m: SignedMessage, vc: ViewChange) -> Result<(), RejectReason> {
         let from = vc.replica;
         let entry = validate_view_change(&self.cfg, &mut self.cache, m, vc)?;
         self.view_changes.insert(from, entry);
@@ -1739,13 +1742,13 @@ impl<A: App> Replica<A> {
         let m = self.sign(&Payload::NewView(nv));
         self.new_view_sent = Some(v);
         // enter_view persists the NEW-VIEW and its pre-prepares before this message can leave.
-        self.broadcast("new_view", &m);
+        self.broadcast(MessageKind::NewView, &m);
         self.enter_view(v, plan, pps, m);
     }
 
     /// §4.4: a backup accepts NEW-VIEW if it is signed by the new primary, carries 2f+1 valid
     /// view changes for that view, and O equals what the backup computes from them.
-    fn on_new_view(&mut self, msg: SignedMessage, nv: NewView) -> Result<(), &'static str> {
+    fn on_new_view(&mut self, msg: SignedMessage, nv: NewView) -> Result<(), RejectReason> {
         let v = nv.view;
         let n = self.n as NodeId;
         let mut entries: Vec<VcEntry> = Vec::new();
@@ -1753,20 +1756,20 @@ impl<A: App> Replica<A> {
         let mut outer: Vec<(SignedMessage, ViewChange)> = Vec::new();
         for m in &nv.view_changes {
             let Ok(Payload::ViewChange(vc)) = decode_payload(&m.payload) else {
-                return Err(reason::BAD_NEW_VIEW);
+                return Err(RejectReason::BadNewView);
             };
             if vc.new_view != v || vc.replica >= n || !seen.insert(vc.replica) {
-                return Err(reason::BAD_NEW_VIEW);
+                return Err(RejectReason::BadNewView);
             }
             outer.push((m.clone(), vc));
         }
         if outer.len() < self.q {
-            return Err(reason::BAD_NEW_VIEW);
+            return Err(RejectReason::BadNewView);
         }
         let sigs: Vec<(&SignedMessage, NodeId)> =
             outer.iter().map(|(m, vc)| (m, vc.replica)).collect();
         if !verify_cached(&mut self.cache, &self.cfg.public_keys, &sigs) {
-            return Err(reason::BAD_SIGNATURE);
+            return Err(RejectReason::BadSignature);
         }
         for (m, vc) in outer {
             match self.view_changes.get(&vc.replica) {
@@ -1776,22 +1779,22 @@ impl<A: App> Replica<A> {
         }
         let plan = compute_plan(&entries);
         if nv.pre_prepares.len() != plan.reissue.len() {
-            return Err(reason::BAD_NEW_VIEW);
+            return Err(RejectReason::BadNewView);
         }
         let primary = self.cfg.primary(v);
         let mut pps = Vec::new();
         for (m, (seq, digest)) in nv.pre_prepares.iter().zip(&plan.reissue) {
             let Ok(Payload::PrePrepare(pp)) = decode_payload(&m.payload) else {
-                return Err(reason::BAD_NEW_VIEW);
+                return Err(RejectReason::BadNewView);
             };
             if pp.view != v || pp.replica != primary || pp.seq != *seq || pp.digest != *digest {
-                return Err(reason::BAD_NEW_VIEW);
+                return Err(RejectReason::BadNewView);
             }
             pps.push((m.clone(), pp));
         }
         let sigs: Vec<(&SignedMessage, NodeId)> = pps.iter().map(|(m, _)| (m, primary)).collect();
         if !verify_cached(&mut self.cache, &self.cfg.public_keys, &sigs) {
-            return Err(reason::BAD_SIGNATURE);
+            return Err(RejectReason::BadSignature);
         }
         self.enter_view(v, plan, pps, msg);
         Ok(())
@@ -1866,7 +1869,7 @@ impl<A: App> Replica<A> {
                     replica: self.me,
                     request: r.clone(),
                 }));
-                self.send(p, "request", &m);
+                self.send(p, MessageKind::Request, &m);
             }
             if pending.is_empty() {
                 self.request_timer.stop();

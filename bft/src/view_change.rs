@@ -9,8 +9,9 @@ use crate::checkpoint::StableCheckpoint;
 use crate::config::{Config, NodeId};
 use crate::crypto::VerifyCache;
 use crate::message::{
-    decode_payload, reason, verify_cached, Payload, PreparedProof, SignedMessage, ViewChange,
+    decode_payload, verify_cached, Payload, PreparedProof, SignedMessage, ViewChange,
 };
+use crate::reject::RejectReason;
 
 /// A prepared certificate reduced to what the view-change rule needs. It names the batch by
 /// digest only (the signed pre-prepare header + 2f PREPAREs): the body lives in the replica's
@@ -53,43 +54,43 @@ pub(crate) fn validate_view_change(
     cache: &mut VerifyCache,
     msg: SignedMessage,
     vc: ViewChange,
-) -> Result<VcEntry, &'static str> {
+) -> Result<VcEntry, RejectReason> {
     let n = cfg.n() as u64;
     let q = cfg.quorum();
     let mut to_verify: Vec<(&SignedMessage, NodeId)> = Vec::new();
     if vc.stable_seq == 0 {
         if !vc.checkpoint_proof.is_empty() || vc.stable_digest != [0u8; 32] {
-            return Err(reason::BAD_PROOF);
+            return Err(RejectReason::BadProof);
         }
     } else {
         if vc.stable_seq % cfg.checkpoint_interval != 0 {
-            return Err(reason::BAD_PROOF);
+            return Err(RejectReason::BadProof);
         }
         let mut signers = BTreeSet::new();
         for m in &vc.checkpoint_proof {
             let Payload::Checkpoint(c) =
-                decode_payload(&m.payload).map_err(|_| reason::BAD_PROOF)?
+                decode_payload(&m.payload).map_err(|_| RejectReason::BadProof)?
             else {
-                return Err(reason::BAD_PROOF);
+                return Err(RejectReason::BadProof);
             };
             if c.seq != vc.stable_seq || c.state_digest != vc.stable_digest || c.replica >= n {
-                return Err(reason::BAD_PROOF);
+                return Err(RejectReason::BadProof);
             }
             if !signers.insert(c.replica) {
-                return Err(reason::BAD_PROOF);
+                return Err(RejectReason::BadProof);
             }
             to_verify.push((m, c.replica));
         }
         if signers.len() < q {
-            return Err(reason::BAD_PROOF);
+            return Err(RejectReason::BadProof);
         }
     }
     let mut certs = BTreeMap::new();
     for proof in &vc.prepared {
         let Payload::PrePrepare(pp) =
-            decode_payload(&proof.pre_prepare.payload).map_err(|_| reason::BAD_PROOF)?
+            decode_payload(&proof.pre_prepare.payload).map_err(|_| RejectReason::BadProof)?
         else {
-            return Err(reason::BAD_PROOF);
+            return Err(RejectReason::BadProof);
         };
         let primary = cfg.primary(pp.view);
         if pp.view >= vc.new_view
@@ -98,14 +99,15 @@ pub(crate) fn validate_view_change(
             || pp.seq > vc.stable_seq.saturating_add(cfg.watermark_window)
             || certs.contains_key(&pp.seq)
         {
-            return Err(reason::BAD_PROOF);
+            return Err(RejectReason::BadProof);
         }
         to_verify.push((&proof.pre_prepare, primary));
         let mut signers = BTreeSet::new();
         for m in &proof.prepares {
-            let Payload::Prepare(p) = decode_payload(&m.payload).map_err(|_| reason::BAD_PROOF)?
+            let Payload::Prepare(p) =
+                decode_payload(&m.payload).map_err(|_| RejectReason::BadProof)?
             else {
-                return Err(reason::BAD_PROOF);
+                return Err(RejectReason::BadProof);
             };
             if p.view != pp.view
                 || p.seq != pp.seq
@@ -114,12 +116,12 @@ pub(crate) fn validate_view_change(
                 || p.replica == primary
                 || !signers.insert(p.replica)
             {
-                return Err(reason::BAD_PROOF);
+                return Err(RejectReason::BadProof);
             }
             to_verify.push((m, p.replica));
         }
         if signers.len() + 1 < q {
-            return Err(reason::BAD_PROOF);
+            return Err(RejectReason::BadProof);
         }
         certs.insert(
             pp.seq,
@@ -131,7 +133,7 @@ pub(crate) fn validate_view_change(
         );
     }
     if !verify_cached(cache, &cfg.public_keys, &to_verify) {
-        return Err(reason::BAD_SIGNATURE);
+        return Err(RejectReason::BadSignature);
     }
     Ok(VcEntry { msg, vc, certs })
 }

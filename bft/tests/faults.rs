@@ -171,7 +171,7 @@ fn partitioned_replica_catches_up_by_state_transfer() {
         assert_eq!(c.committed(id).len(), 16);
         assert_eq!(c.committed(id), c.committed(0));
     }
-    assert_eq!(c.r(3).rejections().get("bad_certificate"), None);
+    assert_eq!(c.r(3).rejections().get(&RejectReason::BadCertificate), None);
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn forged_tampered_state_response_is_rejected() {
     );
     assert_eq!(
         c.r(3).step(req.to, &forged),
-        Err(Rejected::new("bad_certificate"))
+        Err(Rejected::new(RejectReason::BadCertificate))
     );
     assert!(c.r(3).ready().committed.is_empty());
     // A retry goes to the next peer, which serves the real batches.
@@ -238,11 +238,20 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
     let before = c.r(2).rejections().clone();
     let r2 = c.r(2);
     // Replayed old message: seq 1 is below the low watermark now.
-    assert_eq!(r2.step(1, &prep1.bytes).unwrap_err().reason, "stale");
+    assert_eq!(
+        r2.step(1, &prep1.bytes).unwrap_err().reason,
+        RejectReason::Stale
+    );
     // Wrong sender: replica 1's message arriving from peer 3.
-    assert_eq!(r2.step(3, &prep1.bytes).unwrap_err().reason, "wrong_sender");
+    assert_eq!(
+        r2.step(3, &prep1.bytes).unwrap_err().reason,
+        RejectReason::WrongSender
+    );
     // Unknown peer.
-    assert_eq!(r2.step(9, &prep1.bytes).unwrap_err().reason, "unknown_peer");
+    assert_eq!(
+        r2.step(9, &prep1.bytes).unwrap_err().reason,
+        RejectReason::UnknownPeer
+    );
     let stranger = sign(
         &Payload::Prepare(Prepare {
             view: 0,
@@ -252,7 +261,10 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(9),
     );
-    assert_eq!(r2.step(1, &stranger).unwrap_err().reason, "unknown_peer");
+    assert_eq!(
+        r2.step(1, &stranger).unwrap_err().reason,
+        RejectReason::UnknownPeer
+    );
     // Forged signature: replica 3's prepare signed with someone else's key.
     let forged = sign(
         &Payload::Prepare(Prepare {
@@ -263,7 +275,10 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(1),
     );
-    assert_eq!(r2.step(3, &forged).unwrap_err().reason, "bad_signature");
+    assert_eq!(
+        r2.step(3, &forged).unwrap_err().reason,
+        RejectReason::BadSignature
+    );
     // Flipped signature bit on a genuine message.
     let mut m = decode_signed(&sign(
         &Payload::Prepare(Prepare {
@@ -278,11 +293,14 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
     m.signature.0[0] ^= 1;
     assert_eq!(
         r2.step(3, &m.to_wire()).unwrap_err().reason,
-        "bad_signature"
+        RejectReason::BadSignature
     );
     // Out of window: far above the high watermark.
     let far = pre_prepare(0, 4 + 3 * 16, vec![b"far".to_vec()]);
-    assert_eq!(r2.step(0, &far).unwrap_err().reason, "out_of_window");
+    assert_eq!(
+        r2.step(0, &far).unwrap_err().reason,
+        RejectReason::OutOfWindow
+    );
     // Inflated view.
     let inflated = sign(
         &Payload::Prepare(Prepare {
@@ -293,20 +311,29 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(3),
     );
-    assert_eq!(r2.step(3, &inflated).unwrap_err().reason, "wrong_view");
+    assert_eq!(
+        r2.step(3, &inflated).unwrap_err().reason,
+        RejectReason::WrongView
+    );
     // Garbage and non-canonical encodings.
-    assert_eq!(r2.step(3, b"\xff\xff\xff").unwrap_err().reason, "malformed");
+    assert_eq!(
+        r2.step(3, b"\xff\xff\xff").unwrap_err().reason,
+        RejectReason::Malformed
+    );
     let mut trailing = decode_signed(&prep1.bytes).unwrap();
     trailing.payload.push(0);
     assert_eq!(
         r2.step(1, &trailing.to_wire()).unwrap_err().reason,
-        "malformed"
+        RejectReason::Malformed
     );
     // Corrupted digest: the batch does not hash to the claimed digest.
     let mut digest = TestApp.batch_digest(&[b"y".to_vec()]).unwrap();
     digest[0] ^= 1;
     let bad = proposal(0, 6, digest, vec![b"y".to_vec()], 0);
-    assert_eq!(r2.step(0, &bad).unwrap_err().reason, "bad_digest");
+    assert_eq!(
+        r2.step(0, &bad).unwrap_err().reason,
+        RejectReason::BadDigest
+    );
     // Pre-prepare not from the primary.
     let notp = sign(
         &Payload::PrePrepare(PrePrepare {
@@ -317,25 +344,31 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(1),
     );
-    assert_eq!(r2.step(1, &notp).unwrap_err().reason, "not_primary");
+    assert_eq!(
+        r2.step(1, &notp).unwrap_err().reason,
+        RejectReason::NotPrimary
+    );
     // Invalid client request inside a batch.
     let bad_req = proposal(0, 6, [7; 32], vec![b"bad".to_vec()], 0);
-    assert_eq!(r2.step(0, &bad_req).unwrap_err().reason, "invalid_request");
+    assert_eq!(
+        r2.step(0, &bad_req).unwrap_err().reason,
+        RejectReason::InvalidRequest
+    );
     let counts = c.r(2).rejections().clone();
     for (reason, n) in [
-        ("stale", 1),
-        ("wrong_sender", 1),
-        ("unknown_peer", 2),
-        ("bad_signature", 2),
-        ("out_of_window", 1),
-        ("wrong_view", 1),
-        ("malformed", 2),
-        ("bad_digest", 1),
-        ("not_primary", 1),
-        ("invalid_request", 1),
+        (RejectReason::Stale, 1),
+        (RejectReason::WrongSender, 1),
+        (RejectReason::UnknownPeer, 2),
+        (RejectReason::BadSignature, 2),
+        (RejectReason::OutOfWindow, 1),
+        (RejectReason::WrongView, 1),
+        (RejectReason::Malformed, 2),
+        (RejectReason::BadDigest, 1),
+        (RejectReason::NotPrimary, 1),
+        (RejectReason::InvalidRequest, 1),
     ] {
         let delta =
-            counts.get(reason).copied().unwrap_or(0) - before.get(reason).copied().unwrap_or(0);
+            counts.get(&reason).copied().unwrap_or(0) - before.get(&reason).copied().unwrap_or(0);
         assert_eq!(delta, n, "{reason}: {counts:?}");
     }
     // None of this produced a vote.
@@ -359,7 +392,7 @@ fn restarted_replica_never_signs_a_conflicting_prepare_or_commit() {
     let other = pre_prepare(0, 1, vec![b"other".to_vec()]);
     assert_eq!(
         c.r(2).step(0, &other).unwrap_err().reason,
-        "conflicting_message"
+        RejectReason::ConflictingMessage
     );
     // Prepares for the other digest from 1 and 3 do not make it prepare or commit it either.
     let other_digest = TestApp.batch_digest(&[b"other".to_vec()]).unwrap();
@@ -421,7 +454,10 @@ fn restarted_replica_keeps_its_view_change() {
     assert!(st.in_view_change);
     // A normal-case message of the old view is refused.
     let old = pre_prepare(0, 1, vec![b"v".to_vec()]);
-    assert_eq!(c.r(1).step(0, &old).unwrap_err().reason, "stale");
+    assert_eq!(
+        c.r(1).step(0, &old).unwrap_err().reason,
+        RejectReason::Stale
+    );
 }
 
 /// PBFT §4.4 (TOCS §4.1): a backup is waiting for a request from when it receives it until it
