@@ -16,6 +16,7 @@ pub mod message;
 mod persist;
 mod reject;
 pub mod replica;
+mod request_book;
 pub mod state_transfer;
 mod timer;
 pub mod view_change;

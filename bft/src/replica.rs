@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
-use crate::arrivals::Arrivals;
 use crate::certificate::NULL_DIGEST;
 use crate::checkpoint::{CheckpointVotes, StableCheckpoint};
 use crate::config::{request_cost, Config, ConfigError, NodeId};
@@ -19,6 +18,7 @@ use crate::message::{
 };
 use crate::persist::{self, seq_key, ViewState};
 use crate::reject::RejectReason;
+use crate::request_book::RequestBook;
 use crate::state_transfer::{Fetch, FetchState};
 use crate::timer::Timer;
 use crate::view_change::{compute_plan, validate_view_change, NewViewPlan, PreparedCert, VcEntry};
@@ -91,22 +91,9 @@ pub struct Replica<A: App> {
     stable: StableCheckpoint,
     checkpoints: CheckpointVotes,
 
-    queue: VecDeque<(Hash, Vec<u8>)>,
-    queued: BTreeSet<Hash>,
-    /// Sum of `request_cost` over `queue`: a batch is cut as soon as a full one is waiting.
-    queued_bytes: usize,
-    /// Requests in pre-prepares not yet executed (bodies kept: a view change hands them back to
-    /// `pending` so they are re-submitted to the next primary).
-    in_flight: Arrivals,
-    recent: BTreeSet<Hash>,
-    recent_order: VecDeque<Hash>,
-    /// Requests submitted at this backup and not yet executed (the request timer watches them).
-    pending: Arrivals,
-    /// Requests this backup accepted from a client, by the tick they arrived: relayed to the
-    /// primary only if it has not pre-prepared them within a quarter of the request timeout
-    /// (see `relay_overdue`). Popped as they come due, so it holds at most that many ticks'
-    /// worth of arrivals.
-    relay_due: VecDeque<(u64, Hash)>,
+    /// Every client request this replica tracks, and its stage: queued, ordered, waiting or
+    /// recently executed.
+    requests: RequestBook,
     request_timer: Timer,
 
     /// Verified messages for a later view / beyond the high watermark, replayed when we get there.
@@ -157,14 +144,7 @@ impl<A: App> Replica<A> {
             missing: BTreeMap::new(),
             stable: StableCheckpoint::genesis(),
             checkpoints: CheckpointVotes::default(),
-            queue: VecDeque::new(),
-            queued: BTreeSet::new(),
-            queued_bytes: 0,
-            in_flight: Arrivals::new(),
-            recent: BTreeSet::new(),
-            recent_order: VecDeque::new(),
-            pending: Arrivals::new(),
-            relay_due: VecDeque::new(),
+            requests: RequestBook::new(RECENT_EXECUTED),
             request_timer: Timer::default(),
             future: VecDeque::new(),
             fetch: None,
@@ -356,8 +336,8 @@ impl<A: App> Replica<A> {
             low_watermark: self.stable.seq,
             stable_checkpoint: self.stable.seq,
             stable_digest: self.stable.digest,
-            queued_requests: self.queue.len(),
-            pending_requests: self.pending.len(),
+            queued_requests: self.requests.queued_len(),
+            pending_requests: self.requests.waiting_len(),
         }
     }
 
@@ -388,8 +368,7 @@ impl<A: App> Replica<A> {
     /// seeds 40, 62, …) sits in its view forever, since only backups suspect. Giving up on
     /// one's own view is always safe.
     fn waiting_for_requests(&self) -> bool {
-        !self.pending.is_empty()
-            || (self.is_primary() && (!self.queue.is_empty() || !self.in_flight.is_empty()))
+        self.requests.has_waiting() || (self.is_primary() && self.requests.has_queued_or_ordered())
     }
 
     /// §4.1: a client whose request is not answered in time broadcasts it to all replicas,
@@ -405,7 +384,7 @@ impl<A: App> Replica<A> {
         let budget = self.cfg.batch_budget();
         let mut used = 0usize;
         let mut relay = Vec::new();
-        for r in self.pending.values() {
+        for r in self.requests.waiting_requests() {
             let cost = request_cost(r.len());
             if !relay.is_empty() && used + cost > budget {
                 break;
@@ -432,20 +411,9 @@ impl<A: App> Replica<A> {
     /// primary (§4.4).
     fn relay_overdue(&mut self) {
         let delay = u64::from((self.cfg.request_timeout_ticks / 4).max(1));
-        let mut relay = Vec::new();
-        while let Some(&(at, h)) = self.relay_due.front() {
-            if self.ticks < at.saturating_add(delay) {
-                break;
-            }
-            self.relay_due.pop_front();
-            if self.in_view_change || self.is_primary() || self.in_flight.contains_key(&h) {
-                // A view change hands pending requests to the next primary itself.
-                continue;
-            }
-            if let Some(r) = self.pending.get(&h) {
-                relay.push(r.clone());
-            }
-        }
+        // A view change hands waiting requests to the next primary itself.
+        let relaying = !self.in_view_change && !self.is_primary();
+        let relay = self.requests.overdue_relays(self.ticks, delay, relaying);
         let p = self.cfg.primary(self.view);
         for request in relay {
             let m = self.sign(&Payload::Request(Request {
@@ -564,8 +532,8 @@ impl<A: App> Replica<A> {
             return Err(SubmitError::Invalid);
         }
         let h = sha256(&[&request]);
-        if self.in_flight.contains_key(&h)
-            && !self.pending.contains_key(&h)
+        if self.requests.is_ordered(&h)
+            && !self.requests.is_waiting(&h)
             && !self.is_primary()
             && !self.in_view_change
         {
@@ -573,16 +541,16 @@ impl<A: App> Replica<A> {
             // executes it. A request already in an accepted pre-prepare is not executed yet: a
             // faulty primary can pre-prepare it and never let it commit, so the client's
             // retransmission must still start the request timer (and never be a silent no-op).
-            self.pending.insert(h, request);
+            self.requests.wait_for(h, request);
             self.request_timer
                 .start_if_stopped(self.cfg.request_timeout_ticks);
             return Err(SubmitError::Duplicate);
         }
-        if self.is_known(&h) || self.pending.contains_key(&h) {
+        if self.requests.is_known(&h) || self.requests.is_waiting(&h) {
             return Err(SubmitError::Duplicate);
         }
         if self.is_primary() && !self.in_view_change {
-            self.enqueue(h, request);
+            self.requests.enqueue(h, request);
             self.propose(false);
             self.arm_request_timer();
         } else {
@@ -595,27 +563,14 @@ impl<A: App> Replica<A> {
                     let p = self.cfg.primary(self.view);
                     self.send(p, MessageKind::Request, &m);
                 } else {
-                    self.relay_due.push_back((self.ticks, h));
+                    self.requests.relay_later(self.ticks, h);
                 }
                 self.request_timer
                     .start_if_stopped(self.cfg.request_timeout_ticks);
             }
-            self.pending.insert(h, request);
+            self.requests.wait_for(h, request);
         }
         Ok(())
-    }
-
-    fn is_known(&self, h: &Hash) -> bool {
-        self.queued.contains(h) || self.in_flight.contains_key(h) || self.recent.contains(h)
-    }
-
-    fn enqueue(&mut self, h: Hash, request: Vec<u8>) {
-        if self.is_known(&h) {
-            return;
-        }
-        self.queued.insert(h);
-        self.queued_bytes += request_cost(request.len());
-        self.queue.push_back((h, request));
     }
 
     /// How many requests from the head of the queue make the next batch: at most `max_batch`
@@ -626,7 +581,7 @@ impl<A: App> Replica<A> {
         let budget = self.cfg.batch_budget();
         let mut bytes = 0usize;
         let mut take = 0usize;
-        for (_, r) in self.queue.iter().take(self.cfg.max_batch) {
+        for r in self.requests.queued_requests().take(self.cfg.max_batch) {
             let cost = request_cost(r.len());
             if take > 0 && bytes + cost > budget {
                 break;
@@ -643,18 +598,14 @@ impl<A: App> Replica<A> {
     fn propose(&mut self, force: bool) {
         while !self.in_view_change
             && self.is_primary()
-            && !self.queue.is_empty()
+            && self.requests.queued_len() > 0
             && self.next_seq <= self.high()
             && (force
-                || self.queue.len() >= self.cfg.max_batch
-                || self.queued_bytes >= self.cfg.batch_budget())
+                || self.requests.queued_len() >= self.cfg.max_batch
+                || self.requests.queued_bytes() >= self.cfg.batch_budget())
         {
             let take = self.next_batch_len();
-            let batch: Vec<(Hash, Vec<u8>)> = self.queue.drain(..take).collect();
-            for (h, r) in &batch {
-                self.queued.remove(h);
-                self.queued_bytes -= request_cost(r.len());
-            }
+            let batch = self.requests.take_batch(take);
             let requests: Vec<Vec<u8>> = batch.iter().map(|(_, r)| r.clone()).collect();
             let digest = match self.batch_digest(&requests) {
                 Ok(d) => d,
@@ -683,7 +634,7 @@ impl<A: App> Replica<A> {
             }));
             self.broadcast(MessageKind::Proposal, &proposal);
             for (h, r) in batch {
-                self.in_flight.insert(h, r);
+                self.requests.order(h, r);
             }
             let mut slot = Slot::new(self.view);
             slot.pre_prepare = Some((m, pp));
@@ -868,7 +819,7 @@ impl<A: App> Replica<A> {
         };
         if slot.reissued && seq > self.last_executed {
             for r in requests {
-                self.in_flight.insert(sha256(&[&r]), r);
+                self.requests.order(sha256(&[&r]), r);
             }
         }
         let view = self.view;
@@ -1158,7 +1109,7 @@ impl<A: App> Replica<A> {
             return Err(RejectReason::InvalidRequest);
         }
         let h = sha256(&[&r.request]);
-        self.enqueue(h, r.request);
+        self.requests.enqueue(h, r.request);
         self.propose(false);
         if self.waiting_for_requests() {
             self.arm_request_timer();
@@ -1361,17 +1312,7 @@ impl<A: App> Replica<A> {
         self.stall_ticks = 0;
         self.put(persist::EXEC.to_vec(), encode(&self.last_executed));
         for r in &batch.requests {
-            let h = sha256(&[r]);
-            self.in_flight.remove(&h);
-            self.pending.remove(&h);
-            if self.recent.insert(h) {
-                self.recent_order.push_back(h);
-                if self.recent_order.len() > RECENT_EXECUTED {
-                    if let Some(old) = self.recent_order.pop_front() {
-                        self.recent.remove(&old);
-                    }
-                }
-            }
+            self.requests.executed(sha256(&[r]));
         }
         if !batch.requests.is_empty() {
             self.vc_consecutive = 0;
@@ -1613,19 +1554,10 @@ impl<A: App> Replica<A> {
         self.vc_resend = self.vc_resend_interval();
         self.request_timer.stop();
         self.log.clear();
-        // Requests we queued or proposed as primary are not lost with the view: they become
-        // pending here and are handed to the next primary (or re-queued if that is us), the
-        // proposed ones first, so they keep the order we received them in.
-        let mut orphans: Vec<(Hash, Vec<u8>)> =
-            std::mem::take(&mut self.in_flight).into_iter().collect();
-        orphans.extend(self.queue.drain(..));
-        self.queued.clear();
-        self.queued_bytes = 0;
-        for (h, r) in orphans {
-            if !self.recent.contains(&h) {
-                self.pending.insert(h, r);
-            }
-        }
+        // Requests we queued or proposed as primary are not lost with the view: they wait
+        // here and are handed to the next primary (or re-queued if that is us), the proposed
+        // ones first, so they keep the order we received them in.
+        self.requests.hand_back();
         self.persist_view();
         let h = self.h();
         let prepared: Vec<PreparedProof> = self
@@ -1823,7 +1755,7 @@ impl<A: App> Replica<A> {
         }
         self.log.clear();
         let primary = self.is_primary();
-        self.in_flight.clear();
+        self.requests.forget_ordered();
         for (m, pp) in pps {
             if pp.seq <= self.h() {
                 continue;
@@ -1856,27 +1788,24 @@ impl<A: App> Replica<A> {
             }
         }
         self.next_seq = plan.max_seq.max(self.h()).max(self.last_executed) + 1;
-        let pending = std::mem::take(&mut self.pending);
         if primary {
-            for (h, r) in pending {
-                self.enqueue(h, r);
-            }
+            self.requests.queue_waiting();
             self.request_timer.stop();
         } else {
             let p = self.cfg.primary(v);
-            for r in pending.values() {
+            let waiting: Vec<Vec<u8>> = self.requests.waiting_requests().cloned().collect();
+            for request in waiting {
                 let m = self.sign(&Payload::Request(Request {
                     replica: self.me,
-                    request: r.clone(),
+                    request,
                 }));
                 self.send(p, MessageKind::Request, &m);
             }
-            if pending.is_empty() {
-                self.request_timer.stop();
-            } else {
+            if self.requests.has_waiting() {
                 self.request_timer.start(self.cfg.request_timeout_ticks);
+            } else {
+                self.request_timer.stop();
             }
-            self.pending = pending;
         }
         self.replay_future();
         let seqs: Vec<u64> = self.log.keys().copied().collect();
