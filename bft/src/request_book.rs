@@ -437,8 +437,16 @@ mod tests {
         b.executed(h3); // executed: nothing to relay
         assert_eq!(b.overdue_relays(2, 3, true), Vec::<Vec<u8>>::new());
         assert_eq!(b.overdue_relays(4, 3, true), vec![r1]);
-        assert_eq!(b.relay_due.len(), 2, "due entries are dropped, the rest kept");
-        assert_eq!(b.overdue_relays(5, 3, true), Vec::<Vec<u8>>::new(), "h3 executed");
+        assert_eq!(
+            b.relay_due.len(),
+            2,
+            "due entries are dropped, the rest kept"
+        );
+        assert_eq!(
+            b.overdue_relays(5, 3, true),
+            Vec::<Vec<u8>>::new(),
+            "h3 executed"
+        );
         // Not relaying (primary, or in a view change): due entries go without a relay.
         assert_eq!(b.overdue_relays(100, 3, false), Vec::<Vec<u8>>::new());
         assert!(b.relay_due.is_empty());
