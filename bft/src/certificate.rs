@@ -17,16 +17,32 @@ pub const NULL_DIGEST: [u8; 32] = [0u8; 32];
 /// Why a commit certificate is invalid.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum CertificateError {
+    /// Fewer than a quorum of distinct replicas signed: that would not prove the batch
+    /// committed at a correct replica (PBFT §4.2 committed predicate).
     #[error("certificate has {have} distinct signers, needs {need}")]
-    TooFewSigners { have: usize, need: usize },
+    TooFewSigners {
+        /// Distinct signers present.
+        have: usize,
+        /// The quorum.
+        need: usize,
+    },
+    /// A signer id outside the cluster.
     #[error("signer {0} is not a cluster member")]
     UnknownSigner(NodeId),
+    /// The same replica listed twice: it would be counted twice towards the quorum.
     #[error("signer {0} appears twice")]
     DuplicateSigner(NodeId),
+    /// Some signature does not verify over that replica's COMMIT.
     #[error("a commit signature is invalid")]
     BadSignature,
+    /// The certificate is for another (view, seq, digest) than the batch it comes with.
     #[error("certificate is for seq {cert_seq} / another digest than batch seq {batch_seq}")]
-    Mismatch { cert_seq: u64, batch_seq: u64 },
+    Mismatch {
+        /// The certificate's seq.
+        cert_seq: u64,
+        /// The batch's seq.
+        batch_seq: u64,
+    },
 }
 
 /// The payload bytes a replica signs when it commits `(view, seq, digest)`.

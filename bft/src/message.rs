@@ -15,11 +15,16 @@ use crate::config::{NodeId, MAX_MESSAGE_BYTES};
 use crate::crypto::{sign_bytes, verify_bytes, Signature64, VerifyCache};
 use crate::reject::{RejectReason, Rejected};
 
-/// The envelope on the wire: payload bytes plus a signature over `DOMAIN ‖ payload`.
+/// The envelope on the wire: payload bytes plus a signature over `DOMAIN ‖ payload`. The
+/// payload stays as the bytes received, so the signature is checked over exactly what the
+/// sender signed and proofs can carry the message on unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedMessage {
+    /// The postcard encoding of a [`Payload`], canonical (see [`decode_payload`]).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// The signer's ed25519 signature over `DOMAIN ‖ payload`; the signer is the replica the
+    /// payload names ([`Payload::signer`]).
     pub signature: Signature64,
 }
 
@@ -33,7 +38,11 @@ impl SignedMessage {
 /// A client request forwarded by a backup to the primary (PBFT §4.1: "the backup relays it").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
+    /// The relaying replica (the signer; every message but a NEW-VIEW comes from its signer).
     pub replica: NodeId,
+    /// The client's request, opaque here and signed by the client: the receiver checks it with
+    /// [`App::request_digest`](crate::App::request_digest), so a relaying replica cannot forge
+    /// one.
     #[serde(with = "serde_bytes")]
     pub request: Vec<u8>,
 }
@@ -47,35 +56,52 @@ pub struct Request {
 /// body by digest ([`BatchRequest`] / [`Batch`]) and checks it against d before using it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrePrepare {
+    /// v: only the primary of v may sign it (§4.1), and a backup accepts it only in view v.
     pub view: u64,
+    /// n, the sequence number assigned; it is also the block height.
     pub seq: u64,
+    /// d, the app's digest of the batch ([`NULL_DIGEST`](crate::NULL_DIGEST) for a null
+    /// request).
     pub digest: [u8; 32],
+    /// The primary that signed it.
     pub replica: NodeId,
 }
 
 /// PREPARE ⟨v, n, d, i⟩ (PBFT §4.2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prepare {
+    /// The view of the pre-prepare it agrees with.
     pub view: u64,
+    /// Its sequence number.
     pub seq: u64,
+    /// Its batch digest: prepares count towards a quorum only if the digests match.
     pub digest: [u8; 32],
+    /// i, the backup that prepared (never the primary, §4.2).
     pub replica: NodeId,
 }
 
 /// COMMIT ⟨v, n, d, i⟩ (PBFT §4.2). Its canonical encoding is what commit certificates verify.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
+    /// The view in which the batch prepared.
     pub view: u64,
+    /// Its sequence number.
     pub seq: u64,
+    /// Its batch digest: commits count towards a quorum only if the digests match.
     pub digest: [u8; 32],
+    /// i, the replica that committed.
     pub replica: NodeId,
 }
 
 /// CHECKPOINT ⟨n, d, i⟩ (PBFT §4.3): d is the node's state digest (ledger head) after seq n.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// n, a multiple of the checkpoint interval K.
     pub seq: u64,
+    /// d: 2f+1 matching digests make the checkpoint stable, so correct replicas agree on the
+    /// state there.
     pub state_digest: [u8; 32],
+    /// i, the replica that executed up to n.
     pub replica: NodeId,
 }
 
@@ -83,7 +109,9 @@ pub struct Checkpoint {
 /// prepares from distinct backups.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedProof {
+    /// The primary's signed [`PrePrepare`] header.
     pub pre_prepare: SignedMessage,
+    /// 2f signed [`Prepare`]s matching it, from distinct backups.
     pub prepares: Vec<SignedMessage>,
 }
 
@@ -92,11 +120,19 @@ pub struct PreparedProof {
 /// above n.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewChange {
+    /// v+1, the view the sender moves to.
     pub new_view: u64,
+    /// i, the sender.
     pub replica: NodeId,
+    /// n, the sender's last stable checkpoint.
     pub stable_seq: u64,
+    /// The state digest at n.
     pub stable_digest: [u8; 32],
+    /// C: 2f+1 signed [`Checkpoint`]s for (n, digest); empty for the genesis checkpoint.
     pub checkpoint_proof: Vec<SignedMessage>,
+    /// P: a prepared certificate for every seq above n that prepared at the sender, each of
+    /// the highest view it prepared in, so the new view cannot lose a request that may have
+    /// committed somewhere.
     pub prepared: Vec<PreparedProof>,
 }
 
@@ -104,27 +140,43 @@ pub struct ViewChange {
 /// pre-prepares for view v+1 computed from V.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewView {
+    /// v+1.
     pub view: u64,
+    /// The primary of v+1, the signer. Any replica may relay a NEW-VIEW (it is
+    /// self-certifying), so this need not be the peer it came from.
     pub replica: NodeId,
+    /// V: 2f+1 signed [`ViewChange`]s for v+1 from distinct replicas.
     pub view_changes: Vec<SignedMessage>,
+    /// O: the signed [`PrePrepare`] headers for every seq from V's latest stable checkpoint to
+    /// its highest prepared seq; every receiver recomputes O from V and refuses a NEW-VIEW whose
+    /// O differs.
     pub pre_prepares: Vec<SignedMessage>,
 }
 
 /// Ask a peer for committed batches `from_seq..=to_seq` (TOCS §5.3.2 state transfer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateRequest {
+    /// The replica that is behind (the signer, and where the answer goes).
     pub replica: NodeId,
+    /// The first seq it lacks (one above what it executed).
     pub from_seq: u64,
+    /// The last seq it wants; the answer may stop earlier to fit the message budget.
     pub to_seq: u64,
 }
 
 /// Proof that `(view, seq, digest)` committed: signatures of distinct replicas over the
-/// canonical COMMIT payload for that replica (checked by `CommitCertificate::verify`).
+/// canonical COMMIT payload for that replica (checked by `CommitCertificate::verify`). Stored
+/// with every block, so a ledger can be audited offline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitCertificate {
+    /// The view the batch committed in.
     pub view: u64,
+    /// Its sequence number.
     pub seq: u64,
+    /// Its batch digest.
     pub digest: [u8; 32],
+    /// A quorum of `(replica, signature over its COMMIT)`: the COMMIT payload is rebuilt from
+    /// `(view, seq, digest, replica)`, so a certificate stores 2f+1 signatures and nothing else.
     pub commits: Vec<(NodeId, Signature64)>,
 }
 
@@ -133,10 +185,15 @@ pub struct CommitCertificate {
 /// [`NULL_DIGEST`](crate::NULL_DIGEST).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedBatch {
+    /// The sequence number, which is the block height.
     pub seq: u64,
+    /// The view it committed in.
     pub view: u64,
+    /// The client requests, in order.
     pub requests: Vec<Vec<u8>>,
+    /// The app's digest of `requests`: what the certificate's replicas signed.
     pub digest: [u8; 32],
+    /// The proof that it committed; it makes the batch self-certifying in a state transfer.
     pub certificate: CommitCertificate,
 }
 
@@ -144,7 +201,9 @@ pub struct CommittedBatch {
 /// suffices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateResponse {
+    /// The serving replica.
     pub replica: NodeId,
+    /// Consecutive committed batches from the requested `from_seq`, as many as fit one message.
     pub batches: Vec<CommittedBatch>,
 }
 
@@ -154,8 +213,11 @@ pub struct StateResponse {
 /// header's digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// The primary (signer of both the envelope and the header).
     pub replica: NodeId,
+    /// The signed [`PrePrepare`] header: what prepared certificates and view changes carry.
     pub pre_prepare: SignedMessage,
+    /// The batch the header's digest names.
     #[serde(with = "byte_strings")]
     pub requests: Vec<Vec<u8>>,
 }
@@ -164,8 +226,12 @@ pub struct Proposal {
 /// without its body: a NEW-VIEW's O set carries headers only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRequest {
+    /// The replica missing the body (the signer, and where the answer goes).
     pub replica: NodeId,
+    /// The highest seq whose header names it; a request at or below the stable checkpoint is
+    /// stale.
     pub seq: u64,
+    /// The digest the body must hash to.
     pub digest: [u8; 32],
 }
 
@@ -173,9 +239,13 @@ pub struct BatchRequest {
 /// replica may serve it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The serving replica.
     pub replica: NodeId,
+    /// The seq from the request.
     pub seq: u64,
+    /// The digest asked for.
     pub digest: [u8; 32],
+    /// The body; used only if the app's digest of it is `digest`.
     #[serde(with = "byte_strings")]
     pub requests: Vec<Vec<u8>>,
 }
@@ -184,17 +254,31 @@ pub struct Batch {
 /// variant index) — append only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
+    /// A relayed client request (§4.1).
     Request(Request),
+    /// A pre-prepare header on its own. Correct replicas send headers only inside other
+    /// messages (a proposal, a NEW-VIEW's O, prepared proofs); one received alone is accepted
+    /// like a proposal's and its body fetched.
     PrePrepare(PrePrepare),
+    /// A backup's PREPARE (§4.2).
     Prepare(Prepare),
+    /// A COMMIT (§4.2).
     Commit(Commit),
+    /// A CHECKPOINT (§4.3).
     Checkpoint(Checkpoint),
+    /// A VIEW-CHANGE (§4.4).
     ViewChange(ViewChange),
+    /// A NEW-VIEW (§4.4).
     NewView(NewView),
+    /// A state-transfer request (TOCS §5.3.2).
     StateRequest(StateRequest),
+    /// A state-transfer answer (TOCS §5.3.2).
     StateResponse(StateResponse),
+    /// The normal-case pre-prepare: signed header and batch (§4.2).
     Proposal(Proposal),
+    /// A request for a batch body by digest.
     BatchRequest(BatchRequest),
+    /// A batch body by digest.
     Batch(Batch),
 }
 

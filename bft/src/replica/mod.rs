@@ -163,14 +163,17 @@ impl<A: App> Replica<A> {
         &self.rejections
     }
 
+    /// The configuration it runs with (the node sizes its state-transfer replies by it).
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
+    /// The application, so the node can reach state it shares with it (known requests).
     pub fn app(&self) -> &A {
         &self.app
     }
 
+    /// Where the replica stands, for status pages, metrics and admission control.
     pub fn status(&self) -> Status {
         Status {
             id: self.me,

@@ -210,7 +210,7 @@ impl PbftEngine {
             .replica
             .config()
             .max_message_bytes
-            .saturating_sub(faultline_bft::config::ENVELOPE_RESERVE);
+            .saturating_sub(faultline_bft::ENVELOPE_RESERVE);
         let mut used = 0usize;
         let mut batches = Vec::new();
         for h in from..=upto.min(from.saturating_add(256)) {
