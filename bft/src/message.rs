@@ -514,7 +514,8 @@ mod tests {
         assert_eq!(got, p);
         assert_eq!(
             m.payload,
-            crate::certificate::commit_payload_bytes(3, 9, [7; 32], 1)
+            encode_payload(&p),
+            "verified over the bytes received"
         );
         // Signed by the wrong key.
         let forged = sign(&p, &key(1));
