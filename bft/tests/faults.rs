@@ -465,7 +465,7 @@ fn restarted_replica_keeps_its_view_change() {
 /// then the new primary goes silent. Replica 3 never had R from the client; the client's
 /// retransmission finds R already in an accepted pre-prepare. That must still start the request
 /// timer: otherwise replica 3 never suspects the primary, replica 2 alone (f VIEW-CHANGEs) cannot
-/// pull anyone along and R is never executed (the seed-23 PBFT stall after heal).
+/// pull anyone along and R is never executed: the cluster stalls once a partition heals.
 #[test]
 fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
     let mut c = Cluster::new(4);
@@ -499,9 +499,9 @@ fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
 
 /// §4.5.2 doubles the view-change timeout for every consecutive failed view change. Uncapped, a
 /// long stretch of failures (here: every NEW-VIEW lost, as behind a partition) leaves 2^k·T
-/// ticks to wait once the network heals — the PBFT sim seed 131 `0=silent` stall, where the
-/// timer had reached 30·2^11 ticks. With the doublings capped the cluster recovers within a few
-/// capped timeouts. Replica 0, back only as the cluster settles into the new view, gets R's
+/// ticks to wait once the network heals — with a silent primary and lost NEW-VIEWs, the timer
+/// reached 30·2^11 ticks and the cluster sat idle. With the doublings capped the cluster
+/// recovers within a few capped timeouts. Replica 0, back only as the cluster settles into the new view, gets R's
 /// pre-prepare before the NEW-VIEW that lets it into that view; the commits it then sees from
 /// f+1 replicas make it fetch R with its certificate.
 #[test]
@@ -528,9 +528,9 @@ fn view_change_backoff_is_capped_so_the_cluster_recovers_after_a_long_fault() {
 }
 
 /// A primary restarted after installing its view must still hand its NEW-VIEW to a replica that
-/// missed it (the PBFT sim seed 19 `1=silent` stall: the restarted primary of view 2 had
-/// forgotten its NEW-VIEW, so replica 3 re-sent its VIEW-CHANGE for view 2 forever, and with a
-/// silent replica no quorum was left in either view).
+/// missed it. Otherwise, with one replica silent: the restarted primary of view 2 has forgotten
+/// its NEW-VIEW, so replica 3 re-sends its VIEW-CHANGE for view 2 forever, and no quorum is
+/// left in either view.
 #[test]
 fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     let mut c = Cluster::new(4);
@@ -564,10 +564,10 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
 /// Any replica in a view hands that view's NEW-VIEW to a replica still asking for it, not only
 /// the primary: the primary may have crashed or moved on to the next view change, and in an
 /// idle cluster nothing else moves the laggard (no request waits anywhere, so no timer fires
-/// and the f+1 rule never triggers). The PBFT sim seed 220 `1=ack-without-store` stall: the
-/// primary of view 11 had given up on it, replica 2 restarted still asking for view 11 (with
-/// only its own VIEW-CHANGE, so its timer never started), replica 0 sat idle in view 11, and
-/// the clients' outstanding requests were already executed there.
+/// and the f+1 rule never triggers). The stall this prevents, with a replica that acknowledges
+/// without storing: the primary of view 11 had given up on it, replica 2 restarted still
+/// asking for view 11 (with only its own VIEW-CHANGE, so its timer never started), replica 0
+/// sat idle in view 11, and the clients' outstanding requests were already executed there.
 #[test]
 fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
     let mut c = Cluster::new(4);
@@ -615,8 +615,8 @@ fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
 /// from view 0 through 1 to 2, so it is still asking for view 1. The primary of view 2 must
 /// answer that old VIEW-CHANGE with its NEW-VIEW (2f+1 signed VIEW-CHANGEs prove view 2 is
 /// legitimate). Otherwise nothing ever moves replica 3 (nobody else is changing views, so the
-/// f+1 rule never fires) and with one more replica gone no quorum is left: the PBFT sim seed
-/// 121 `1=equivocate` stall, where correct replicas sat in views 10, 11 (active) and 12.
+/// f+1 rule never fires) and with one more replica gone no quorum is left — with an
+/// equivocating replica, correct replicas ended up sitting in views 10, 11 (active) and 12.
 #[test]
 fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     let mut c = Cluster::new(4);
@@ -649,8 +649,8 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
 /// A primary that cannot get what it ordered executed gives up on its own view like a backup
 /// would (§4.4's timer, applied to the primary's own requests). Without this, correct replicas
 /// scattered over different views, two of them primaries of their own (each waiting for backups
-/// that have moved on), never meet again: the PBFT sim `0=ack-without-store` stalls, seeds 40,
-/// 62, 79, 89, 96, 99, 150, 256 of 1..300.
+/// that have moved on), never meet again — as happens with a replica that acknowledges batches
+/// without storing them.
 #[test]
 fn a_primary_that_cannot_order_gives_up_on_its_view() {
     let mut c = Cluster::new(4);

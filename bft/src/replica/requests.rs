@@ -150,10 +150,10 @@ impl<A: App> Replica<A> {
 
     /// Whether a request this replica knows of is waiting to execute. §4.4 has backups wait on
     /// the requests they received; we let the primary wait on the ones it ordered or queued
-    /// too. Otherwise a primary whose backups have all moved to other views (each correct
-    /// replica in a different view, two of them primaries: PBFT sim `0=ack-without-store`
-    /// seeds 40, 62, …) sits in its view forever, since only backups suspect. Giving up on
-    /// one's own view is always safe.
+    /// too. Otherwise a primary whose backups have all moved to other views sits in its view
+    /// forever, since only backups suspect: a replica that acknowledges batches without storing
+    /// them can leave each correct replica in a different view, two of them primaries waiting
+    /// for backups that have moved on. Giving up on one's own view is always safe.
     pub(super) fn waiting_for_requests(&self) -> bool {
         self.requests.has_waiting() || (self.is_primary() && self.requests.has_queued_or_ordered())
     }

@@ -28,8 +28,8 @@ impl<A: App> Replica<A> {
     /// it, and doing so is always safe). For an older view this is the only thing that moves the
     /// laggard: nobody else is changing views, so it never sees the f+1 VIEW-CHANGEs that would
     /// make it join (§4.5.2). Backups relay it too: the primary may itself have moved on to a
-    /// view change, leaving the laggard with no one to ask (PBFT sim seed 220
-    /// `1=ack-without-store`).
+    /// view change, leaving the laggard with no one to ask — say in an idle cluster whose
+    /// primary gave up on the view while a restarted replica still asks for it.
     pub(super) fn help_lagging_view_change(&mut self, p: &Payload, m: &SignedMessage) {
         let Payload::ViewChange(vc) = p else { return };
         if vc.new_view > self.view || self.in_view_change {
