@@ -22,6 +22,7 @@ mod certificate;
 mod checkpoint;
 mod config;
 mod crypto;
+mod kind;
 mod log;
 mod message;
 mod persist;
@@ -39,10 +40,11 @@ use thiserror::Error;
 pub use certificate::{CertificateError, NULL_DIGEST};
 pub use config::{request_cost, Config, ConfigError, NodeId, ENVELOPE_RESERVE, MAX_MESSAGE_BYTES};
 pub use crypto::{Signature64, DOMAIN};
+pub use kind::MessageKind;
 pub use message::{
     decode_and_verify, decode_payload, decode_signed, encode_payload, sign, sign_message, Batch,
-    BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, MessageKind, NewView,
-    Payload, PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
+    BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
+    PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
     StateResponse, ViewChange,
 };
 pub use reject::{RejectReason, Rejected};

@@ -2,10 +2,11 @@
 //! quorums per slot, and handing committed batches to the node in sequence order.
 
 use crate::crypto::sha256;
+use crate::kind::MessageKind;
 use crate::log::Slot;
 use crate::message::{
-    decode_payload, encode, verify_cached, Commit, CommitCertificate, CommittedBatch, MessageKind,
-    Payload, PrePrepare, Prepare, PreparedProof, Proposal, SignedMessage,
+    decode_payload, encode, verify_cached, Commit, CommitCertificate, CommittedBatch, Payload,
+    PrePrepare, Prepare, PreparedProof, Proposal, SignedMessage,
 };
 use crate::persist;
 use crate::reject::RejectReason;

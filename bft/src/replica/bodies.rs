@@ -5,7 +5,8 @@
 
 use crate::certificate::NULL_DIGEST;
 use crate::config::NodeId;
-use crate::message::{encode, Batch, BatchRequest, MessageKind, Payload};
+use crate::kind::MessageKind;
+use crate::message::{encode, Batch, BatchRequest, Payload};
 use crate::persist;
 use crate::reject::RejectReason;
 use crate::App;

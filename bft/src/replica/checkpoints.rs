@@ -4,9 +4,10 @@
 
 use crate::checkpoint::StableCheckpoint;
 use crate::config::NodeId;
+use crate::kind::MessageKind;
 use crate::message::{
-    decode_payload, encode, Checkpoint, CommittedBatch, MessageKind, Payload, SignedMessage,
-    StateRequest, StateResponse,
+    decode_payload, encode, Checkpoint, CommittedBatch, Payload, SignedMessage, StateRequest,
+    StateResponse,
 };
 use crate::persist::{self, seq_key};
 use crate::reject::RejectReason;

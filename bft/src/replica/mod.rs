@@ -23,10 +23,10 @@ use crate::certificate::NULL_DIGEST;
 use crate::checkpoint::{CheckpointVotes, StableCheckpoint};
 use crate::config::{Config, ConfigError, NodeId};
 use crate::crypto::VerifyCache;
+use crate::kind::MessageKind;
 use crate::log::Slot;
 use crate::message::{
-    decode_payload, decode_signed, encode, sign_message, verify_cached, MessageKind, Payload,
-    SignedMessage,
+    decode_payload, decode_signed, encode, sign_message, verify_cached, Payload, SignedMessage,
 };
 use crate::persist::{self, seq_key, ViewState};
 use crate::reject::RejectReason;

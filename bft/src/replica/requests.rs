@@ -4,8 +4,9 @@
 
 use crate::config::request_cost;
 use crate::crypto::sha256;
+use crate::kind::MessageKind;
 use crate::log::Slot;
-use crate::message::{MessageKind, Payload, PrePrepare, Proposal, Request};
+use crate::message::{Payload, PrePrepare, Proposal, Request};
 use crate::persist;
 use crate::reject::RejectReason;
 use crate::{App, SubmitError};

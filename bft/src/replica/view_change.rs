@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 
 use crate::config::NodeId;
+use crate::kind::MessageKind;
 use crate::log::Slot;
 use crate::message::{
-    decode_payload, verify_cached, MessageKind, NewView, Payload, PrePrepare, PreparedProof,
-    Request, SignedMessage, ViewChange,
+    decode_payload, verify_cached, NewView, Payload, PrePrepare, PreparedProof, Request,
+    SignedMessage, ViewChange,
 };
 use crate::persist;
 use crate::reject::RejectReason;
