@@ -72,10 +72,10 @@ impl MessageKind {
         }
     }
 
-    /// The kind of an encoded [`SignedMessage`](crate::SignedMessage), read without decoding the payload or checking
-    /// the signature, so that counting received messages by kind costs next to nothing. The
-    /// envelope's payload bytes come first, and a payload starts with its variant index. None
-    /// if the bytes do not get that far.
+    /// The kind of an encoded [`SignedMessage`](crate::SignedMessage), read without decoding
+    /// the payload or checking the signature, so that counting received messages by kind costs
+    /// next to nothing. The envelope's payload bytes come first, and a payload starts with its
+    /// variant index. None if the bytes do not get that far.
     pub fn of_wire(bytes: &[u8]) -> Option<MessageKind> {
         #[derive(Deserialize)]
         struct Envelope<'a> {
