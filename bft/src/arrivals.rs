@@ -50,6 +50,13 @@ impl Arrivals {
         self.order.remove(&n).map(|(_, r)| r)
     }
 
+    /// Removes and returns the request that arrived first.
+    pub fn pop_first(&mut self) -> Option<(Hash, Vec<u8>)> {
+        let (_, (digest, request)) = self.order.pop_first()?;
+        self.index.remove(&digest);
+        Some((digest, request))
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -95,6 +102,7 @@ mod tests {
         a.insert([1; 32], b"fourth".to_vec());
         let got: Vec<&[u8]> = a.values().map(Vec::as_slice).collect();
         assert_eq!(got, [&b"first"[..], b"third", b"fourth"]);
+        assert_eq!(a.clone().pop_first(), Some(([9; 32], b"first".to_vec())));
         let digests: Vec<Hash> = a.into_iter().map(|(d, _)| d).collect();
         assert_eq!(digests, [[9; 32], [5; 32], [1; 32]]);
     }

@@ -115,7 +115,7 @@ impl Config {
         if self.batch_budget() < MIN_BATCH_BUDGET {
             return Err(ConfigError::BudgetTooSmall(self.max_message_bytes));
         }
-        if self.max_message_bytes > crate::message::MAX_MESSAGE_BYTES {
+        if self.max_message_bytes > MAX_MESSAGE_BYTES {
             // Every replica drops a message this large undecoded: a full batch would never
             // be accepted.
             return Err(ConfigError::BudgetTooLarge(self.max_message_bytes));
@@ -131,6 +131,10 @@ impl Config {
         Ok(())
     }
 }
+
+/// Largest accepted wire message (an upper bound before decoding; the network's frame limit,
+/// `Config::max_message_bytes`, is normally far lower). Anything larger is dropped undecoded.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The smallest batch budget accepted: 4 KiB of requests.
 pub const MIN_BATCH_BUDGET: usize = 4096;
@@ -154,26 +158,48 @@ pub(crate) fn quorum(n: usize, f: usize) -> usize {
 /// Why a configuration was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ConfigError {
+    /// Fewer than 4 replicas tolerate no Byzantine fault at all (n ≥ 3f + 1).
     #[error("PBFT needs at least 4 replicas (n = 3f + 1 with f ≥ 1), got {0}")]
     TooFewReplicas(usize),
+    /// This replica's id is not an index into the key list.
     #[error("replica id {id} is not in the cluster of {n}")]
-    UnknownId { id: NodeId, n: usize },
+    UnknownId {
+        /// The configured id.
+        id: NodeId,
+        /// The cluster size.
+        n: usize,
+    },
+    /// K = 0 would never take a checkpoint, so the log would never be collected.
     #[error("checkpoint_interval must be at least 1")]
     ZeroCheckpointInterval,
+    /// L must be a positive multiple of K, or the window could not move checkpoint by
+    /// checkpoint (PBFT §4.3).
     #[error(
         "watermark_window {window} must be a positive multiple of checkpoint_interval {interval}"
     )]
-    BadWindow { window: u64, interval: u64 },
+    BadWindow {
+        /// The configured L.
+        window: u64,
+        /// The configured K.
+        interval: u64,
+    },
+    /// A batch must hold at least one request.
     #[error("max_batch must be at least 1")]
     ZeroBatch,
+    /// The message budget leaves less than 4 KiB for requests ([`Config::batch_budget`]).
     #[error("max_message_bytes {0} leaves too little room for a batch")]
     BudgetTooSmall(usize),
+    /// The message budget exceeds what any replica decodes ([`MAX_MESSAGE_BYTES`]), so a full
+    /// batch would be dropped undecoded everywhere.
     #[error("max_message_bytes {0} is above the largest message a replica decodes (64 MiB)")]
     BudgetTooLarge(usize),
+    /// A timer of zero ticks would fire on every tick.
     #[error("timeouts must be at least one tick")]
     ZeroTimeout,
+    /// Two replicas with one key would let one signer count twice towards a quorum.
     #[error("public key of replica {0} appears twice")]
     DuplicateKey(NodeId),
+    /// The signing key is not this replica's: everything it signs would be refused.
     #[error("the signing key does not match public_keys[id]")]
     KeyMismatch,
 }
@@ -224,12 +250,12 @@ mod tests {
         );
         assert_eq!(Config::new(0, keys(4)).primary(5), 1);
         let mut c = Config::new(0, keys(4));
-        c.max_message_bytes = crate::MAX_MESSAGE_BYTES;
+        c.max_message_bytes = MAX_MESSAGE_BYTES;
         assert!(c.validate().is_ok());
         c.max_message_bytes += 1;
         assert_eq!(
             c.validate(),
-            Err(ConfigError::BudgetTooLarge(crate::MAX_MESSAGE_BYTES + 1))
+            Err(ConfigError::BudgetTooLarge(MAX_MESSAGE_BYTES + 1))
         );
     }
 }

@@ -158,24 +158,25 @@ impl VerifyCache {
 }
 
 impl VerifyCache {
-    /// Verifies every `(message, signer)` not already in the cache with one batch verification,
-    /// and remembers them on success. Signers must already be checked to be members.
-    pub(crate) fn verify_all(
+    /// Verifies every `(payload, signature, signer)` not already in the cache with one batch
+    /// verification, and remembers them on success. `signer` indexes `keys`; an index outside
+    /// it fails the whole check.
+    pub(crate) fn verify_all<'a>(
         &mut self,
         keys: &[VerifyingKey],
-        items: &[(&crate::message::SignedMessage, crate::config::NodeId)],
+        items: impl IntoIterator<Item = (&'a [u8], &'a Signature64, u64)>,
     ) -> bool {
         let mut todo = Vec::new();
         let mut cache_keys = Vec::new();
-        for (m, signer) in items {
-            let k = Self::key(&m.payload, &m.signature);
+        for (payload, signature, signer) in items {
+            let k = Self::key(payload, signature);
             if self.contains(&k) || cache_keys.contains(&k) {
                 continue;
             }
-            let Some(vk) = keys.get(*signer as usize) else {
+            let Some(vk) = keys.get(signer as usize) else {
                 return false;
             };
-            todo.push((m.payload.as_slice(), m.signature, *vk));
+            todo.push((payload, *signature, *vk));
             cache_keys.push(k);
         }
         if !verify_many(&todo) {

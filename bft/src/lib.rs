@@ -5,33 +5,50 @@
 //! node's execution reports ([`Replica::executed`], [`Replica::send_state`]); outputs are drained
 //! with [`Replica::ready`]. No clocks, threads, files or randomness: the same inputs give the
 //! same outputs byte for byte.
+//!
+//! Implemented: pre-prepare/prepare/commit with batching and pipelining inside the watermark
+//! window (PBFT §4.2), checkpoints and garbage collection (§4.3), view change with checkpoint
+//! and prepared proofs and a deterministic NEW-VIEW (§4.4, §4.5.2), state transfer of committed
+//! batches with their commit certificates (TOCS §5.3.2), and restart from persisted records.
+//! Every wire message, its bytes and what is signed: docs/PROTOCOL.md §5.
+//!
+//! Everything a node needs is re-exported here; the modules are private.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod arrivals;
-pub mod certificate;
-pub mod checkpoint;
-pub mod config;
-pub mod crypto;
-pub mod log;
-pub mod message;
+mod certificate;
+mod checkpoint;
+mod config;
+mod crypto;
+mod kind;
+mod log;
+mod message;
 mod persist;
-pub mod replica;
-pub mod state_transfer;
+mod reject;
+mod replica;
+mod request_book;
+mod state_transfer;
 mod timer;
-pub mod view_change;
+mod view_change;
 
 use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use certificate::{CertificateError, CommitCertificate, CommittedBatch, NULL_DIGEST};
-pub use config::{request_cost, Config, ConfigError, NodeId};
+pub use certificate::{CertificateError, NULL_DIGEST};
+pub use config::{request_cost, Config, ConfigError, NodeId, ENVELOPE_RESERVE, MAX_MESSAGE_BYTES};
 pub use crypto::{Signature64, DOMAIN};
+pub use kind::MessageKind;
 pub use message::{
-    decode_and_verify, decode_payload, decode_signed, encode_payload, reason, sign, sign_message,
-    Batch, BatchRequest, Checkpoint, Commit, NewView, Payload, PrePrepare, Prepare, PreparedProof,
-    Proposal, Request, SignedMessage, StateRequest, StateResponse, ViewChange, MAX_MESSAGE_BYTES,
+    decode_and_verify, decode_payload, decode_signed, encode_payload, sign, sign_message, Batch,
+    BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
+    PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
+    StateResponse, ViewChange,
 };
-pub use replica::Replica;
+pub use reject::{RejectReason, Rejected};
+pub use replica::{Replica, MAX_REQUEST_BYTES};
 pub use state_transfer::{Fetch, ServeRequest};
 
 /// What the replicated application supplies: validation and digests of opaque requests.
@@ -49,36 +66,31 @@ pub trait App {
 #[error("invalid batch")]
 pub struct InvalidBatch;
 
-/// A message dropped by [`Replica::step`]; `reason` is the snake_case metric label (see
-/// [`message::reason`]).
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
-#[error("message rejected: {reason}")]
-pub struct Rejected {
-    pub reason: &'static str,
-}
-
-impl Rejected {
-    pub fn new(reason: &'static str) -> Self {
-        Rejected { reason }
-    }
-}
-
 /// Why a client request was not accepted.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SubmitError {
+    /// The app refused it ([`App::request_digest`] gave None): ordering it would waste a
+    /// slot on a request no replica executes.
     #[error("request is invalid")]
     Invalid,
+    /// Already queued, ordered, waited for or recently executed here: clients retransmit, and
+    /// a request must be ordered once.
     #[error("request is already queued, in flight or recently executed")]
     Duplicate,
+    /// No batch under the message budget could carry it ([`Config::batch_budget`]), or it is
+    /// over [`MAX_REQUEST_BYTES`].
     #[error("request of {0} bytes is too large")]
     TooLarge(usize),
 }
 
-/// Why `Replica::restore` failed.
+/// Why [`Replica::restore`] failed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum RestoreError {
+    /// The configuration or key is unusable ([`Replica::new`] refuses it too).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A persisted record does not decode: restoring without it could make the replica sign
+    /// something that conflicts with what it signed before the crash, so it does not start.
     #[error("corrupt persisted record {0}")]
     Corrupt(String),
 }
@@ -87,17 +99,28 @@ pub enum RestoreError {
 /// before sending any of `Ready::messages`: what a replica signs is durable before it leaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PersistOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    /// Store `value` under `key`, replacing any earlier value.
+    Put {
+        /// The record's key (under `bft/`).
+        key: Vec<u8>,
+        /// Its encoding.
+        value: Vec<u8>,
+    },
+    /// Remove a record: garbage collection below a stable checkpoint (PBFT §4.3).
+    Delete {
+        /// The record's key.
+        key: Vec<u8>,
+    },
 }
 
 /// One message to send. A broadcast expands into one `Outgoing` per peer sharing one `Arc`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {
+    /// The receiving replica.
     pub to: NodeId,
-    /// "request", "pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view",
-    /// "state_request", "state_response", "batch_request" or "batch".
-    pub kind: &'static str,
+    /// What it is, for the node's per-kind message counts.
+    pub kind: MessageKind,
+    /// The encoded [`SignedMessage`], ready for the wire.
     pub bytes: Arc<[u8]>,
 }
 
@@ -105,14 +128,23 @@ pub struct Outgoing {
 /// then send messages; committed batches are applied in order.
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
+    /// Writes to make durable, in order and atomically, before any message is sent.
     pub persist: Vec<PersistOp>,
+    /// Messages to send once `persist` is durable.
     pub messages: Vec<Outgoing>,
+    /// Batches committed in sequence order, without gaps: the node executes them and reports
+    /// checkpoint digests with [`Replica::executed`].
     pub committed: Vec<CommittedBatch>,
+    /// A state transfer started or retried (informational: the request is already in
+    /// `messages`).
     pub fetch: Option<Fetch>,
+    /// Peers asking for committed batches: the node reads them from its ledger and answers with
+    /// [`Replica::send_state`] (the core keeps no executed batches).
     pub serve: Vec<ServeRequest>,
 }
 
 impl Ready {
+    /// Nothing to persist, send, execute or serve: the driver may stop polling.
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
             && self.messages.is_empty()
@@ -122,17 +154,28 @@ impl Ready {
     }
 }
 
-/// A snapshot of the replica's protocol position.
+/// A snapshot of the replica's protocol position, for the node's status page and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
+    /// This replica.
     pub id: NodeId,
+    /// The current view (or, in a view change, the view being moved to).
     pub view: u64,
+    /// The primary of `view`.
     pub primary: NodeId,
+    /// True between sending VIEW-CHANGE and entering the new view: no normal-case progress.
     pub in_view_change: bool,
+    /// The highest seq handed to the node for execution.
     pub last_executed: u64,
+    /// h: sequence numbers at or below it are no longer accepted (PBFT §4.2 watermarks).
     pub low_watermark: u64,
+    /// The seq of the last stable checkpoint (equal to `low_watermark`).
     pub stable_checkpoint: u64,
+    /// The state digest at the stable checkpoint.
     pub stable_digest: [u8; 32],
+    /// Requests queued at this primary for the next batch; with `pending_requests`, what the
+    /// node's admission limit counts.
     pub queued_requests: usize,
+    /// Requests this replica received and waits to see executed.
     pub pending_requests: usize,
 }

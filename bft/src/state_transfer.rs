@@ -9,8 +9,12 @@ use crate::config::NodeId;
 /// `from_seq..=to_seq`; it has already sent a signed `StateRequest` to `peers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fetch {
+    /// The first seq asked for: one above what this replica executed.
     pub from_seq: u64,
+    /// The last seq wanted (the stable checkpoint, or the top of a stalled log).
     pub to_seq: u64,
+    /// The peer asked this time; the node may show it (a fetch rotates over the peers that
+    /// can serve it).
     pub peers: Vec<NodeId>,
 }
 
@@ -18,8 +22,12 @@ pub struct Fetch {
 /// `Replica::send_state(to, batches)` read from its ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeRequest {
+    /// The replica that asked.
     pub to: NodeId,
+    /// The first seq to send.
     pub from_seq: u64,
+    /// The last seq to send, already capped at what this replica executed and at a bounded
+    /// range, so one request never makes the node read an unbounded stretch of its ledger.
     pub to_seq: u64,
 }
 

@@ -171,7 +171,7 @@ fn partitioned_replica_catches_up_by_state_transfer() {
         assert_eq!(c.committed(id).len(), 16);
         assert_eq!(c.committed(id), c.committed(0));
     }
-    assert_eq!(c.r(3).rejections().get("bad_certificate"), None);
+    assert_eq!(c.r(3).rejections().get(&RejectReason::BadCertificate), None);
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn forged_tampered_state_response_is_rejected() {
     );
     assert_eq!(
         c.r(3).step(req.to, &forged),
-        Err(Rejected::new("bad_certificate"))
+        Err(Rejected::new(RejectReason::BadCertificate))
     );
     assert!(c.r(3).ready().committed.is_empty());
     // A retry goes to the next peer, which serves the real batches.
@@ -238,11 +238,20 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
     let before = c.r(2).rejections().clone();
     let r2 = c.r(2);
     // Replayed old message: seq 1 is below the low watermark now.
-    assert_eq!(r2.step(1, &prep1.bytes).unwrap_err().reason, "stale");
+    assert_eq!(
+        r2.step(1, &prep1.bytes).unwrap_err().reason,
+        RejectReason::Stale
+    );
     // Wrong sender: replica 1's message arriving from peer 3.
-    assert_eq!(r2.step(3, &prep1.bytes).unwrap_err().reason, "wrong_sender");
+    assert_eq!(
+        r2.step(3, &prep1.bytes).unwrap_err().reason,
+        RejectReason::WrongSender
+    );
     // Unknown peer.
-    assert_eq!(r2.step(9, &prep1.bytes).unwrap_err().reason, "unknown_peer");
+    assert_eq!(
+        r2.step(9, &prep1.bytes).unwrap_err().reason,
+        RejectReason::UnknownPeer
+    );
     let stranger = sign(
         &Payload::Prepare(Prepare {
             view: 0,
@@ -252,7 +261,10 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(9),
     );
-    assert_eq!(r2.step(1, &stranger).unwrap_err().reason, "unknown_peer");
+    assert_eq!(
+        r2.step(1, &stranger).unwrap_err().reason,
+        RejectReason::UnknownPeer
+    );
     // Forged signature: replica 3's prepare signed with someone else's key.
     let forged = sign(
         &Payload::Prepare(Prepare {
@@ -263,7 +275,10 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(1),
     );
-    assert_eq!(r2.step(3, &forged).unwrap_err().reason, "bad_signature");
+    assert_eq!(
+        r2.step(3, &forged).unwrap_err().reason,
+        RejectReason::BadSignature
+    );
     // Flipped signature bit on a genuine message.
     let mut m = decode_signed(&sign(
         &Payload::Prepare(Prepare {
@@ -278,11 +293,14 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
     m.signature.0[0] ^= 1;
     assert_eq!(
         r2.step(3, &m.to_wire()).unwrap_err().reason,
-        "bad_signature"
+        RejectReason::BadSignature
     );
     // Out of window: far above the high watermark.
     let far = pre_prepare(0, 4 + 3 * 16, vec![b"far".to_vec()]);
-    assert_eq!(r2.step(0, &far).unwrap_err().reason, "out_of_window");
+    assert_eq!(
+        r2.step(0, &far).unwrap_err().reason,
+        RejectReason::OutOfWindow
+    );
     // Inflated view.
     let inflated = sign(
         &Payload::Prepare(Prepare {
@@ -293,20 +311,29 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(3),
     );
-    assert_eq!(r2.step(3, &inflated).unwrap_err().reason, "wrong_view");
+    assert_eq!(
+        r2.step(3, &inflated).unwrap_err().reason,
+        RejectReason::WrongView
+    );
     // Garbage and non-canonical encodings.
-    assert_eq!(r2.step(3, b"\xff\xff\xff").unwrap_err().reason, "malformed");
+    assert_eq!(
+        r2.step(3, b"\xff\xff\xff").unwrap_err().reason,
+        RejectReason::Malformed
+    );
     let mut trailing = decode_signed(&prep1.bytes).unwrap();
     trailing.payload.push(0);
     assert_eq!(
         r2.step(1, &trailing.to_wire()).unwrap_err().reason,
-        "malformed"
+        RejectReason::Malformed
     );
     // Corrupted digest: the batch does not hash to the claimed digest.
     let mut digest = TestApp.batch_digest(&[b"y".to_vec()]).unwrap();
     digest[0] ^= 1;
     let bad = proposal(0, 6, digest, vec![b"y".to_vec()], 0);
-    assert_eq!(r2.step(0, &bad).unwrap_err().reason, "bad_digest");
+    assert_eq!(
+        r2.step(0, &bad).unwrap_err().reason,
+        RejectReason::BadDigest
+    );
     // Pre-prepare not from the primary.
     let notp = sign(
         &Payload::PrePrepare(PrePrepare {
@@ -317,25 +344,31 @@ fn bad_messages_are_rejected_and_counted_by_reason() {
         }),
         &key(1),
     );
-    assert_eq!(r2.step(1, &notp).unwrap_err().reason, "not_primary");
+    assert_eq!(
+        r2.step(1, &notp).unwrap_err().reason,
+        RejectReason::NotPrimary
+    );
     // Invalid client request inside a batch.
     let bad_req = proposal(0, 6, [7; 32], vec![b"bad".to_vec()], 0);
-    assert_eq!(r2.step(0, &bad_req).unwrap_err().reason, "invalid_request");
+    assert_eq!(
+        r2.step(0, &bad_req).unwrap_err().reason,
+        RejectReason::InvalidRequest
+    );
     let counts = c.r(2).rejections().clone();
     for (reason, n) in [
-        ("stale", 1),
-        ("wrong_sender", 1),
-        ("unknown_peer", 2),
-        ("bad_signature", 2),
-        ("out_of_window", 1),
-        ("wrong_view", 1),
-        ("malformed", 2),
-        ("bad_digest", 1),
-        ("not_primary", 1),
-        ("invalid_request", 1),
+        (RejectReason::Stale, 1),
+        (RejectReason::WrongSender, 1),
+        (RejectReason::UnknownPeer, 2),
+        (RejectReason::BadSignature, 2),
+        (RejectReason::OutOfWindow, 1),
+        (RejectReason::WrongView, 1),
+        (RejectReason::Malformed, 2),
+        (RejectReason::BadDigest, 1),
+        (RejectReason::NotPrimary, 1),
+        (RejectReason::InvalidRequest, 1),
     ] {
         let delta =
-            counts.get(reason).copied().unwrap_or(0) - before.get(reason).copied().unwrap_or(0);
+            counts.get(&reason).copied().unwrap_or(0) - before.get(&reason).copied().unwrap_or(0);
         assert_eq!(delta, n, "{reason}: {counts:?}");
     }
     // None of this produced a vote.
@@ -359,7 +392,7 @@ fn restarted_replica_never_signs_a_conflicting_prepare_or_commit() {
     let other = pre_prepare(0, 1, vec![b"other".to_vec()]);
     assert_eq!(
         c.r(2).step(0, &other).unwrap_err().reason,
-        "conflicting_message"
+        RejectReason::ConflictingMessage
     );
     // Prepares for the other digest from 1 and 3 do not make it prepare or commit it either.
     let other_digest = TestApp.batch_digest(&[b"other".to_vec()]).unwrap();
@@ -421,7 +454,10 @@ fn restarted_replica_keeps_its_view_change() {
     assert!(st.in_view_change);
     // A normal-case message of the old view is refused.
     let old = pre_prepare(0, 1, vec![b"v".to_vec()]);
-    assert_eq!(c.r(1).step(0, &old).unwrap_err().reason, "stale");
+    assert_eq!(
+        c.r(1).step(0, &old).unwrap_err().reason,
+        RejectReason::Stale
+    );
 }
 
 /// PBFT §4.4 (TOCS §4.1): a backup is waiting for a request from when it receives it until it
@@ -429,7 +465,7 @@ fn restarted_replica_keeps_its_view_change() {
 /// then the new primary goes silent. Replica 3 never had R from the client; the client's
 /// retransmission finds R already in an accepted pre-prepare. That must still start the request
 /// timer: otherwise replica 3 never suspects the primary, replica 2 alone (f VIEW-CHANGEs) cannot
-/// pull anyone along and R is never executed (the seed-23 PBFT stall after heal).
+/// pull anyone along and R is never executed: the cluster stalls once a partition heals.
 #[test]
 fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
     let mut c = Cluster::new(4);
@@ -463,9 +499,9 @@ fn retransmitted_request_already_pre_prepared_still_starts_the_request_timer() {
 
 /// §4.5.2 doubles the view-change timeout for every consecutive failed view change. Uncapped, a
 /// long stretch of failures (here: every NEW-VIEW lost, as behind a partition) leaves 2^k·T
-/// ticks to wait once the network heals — the PBFT sim seed 131 `0=silent` stall, where the
-/// timer had reached 30·2^11 ticks. With the doublings capped the cluster recovers within a few
-/// capped timeouts. Replica 0, back only as the cluster settles into the new view, gets R's
+/// ticks to wait once the network heals — with a silent primary and lost NEW-VIEWs, the timer
+/// reached 30·2^11 ticks and the cluster sat idle. With the doublings capped the cluster
+/// recovers within a few capped timeouts. Replica 0, back only as the cluster settles into the new view, gets R's
 /// pre-prepare before the NEW-VIEW that lets it into that view; the commits it then sees from
 /// f+1 replicas make it fetch R with its certificate.
 #[test]
@@ -492,9 +528,9 @@ fn view_change_backoff_is_capped_so_the_cluster_recovers_after_a_long_fault() {
 }
 
 /// A primary restarted after installing its view must still hand its NEW-VIEW to a replica that
-/// missed it (the PBFT sim seed 19 `1=silent` stall: the restarted primary of view 2 had
-/// forgotten its NEW-VIEW, so replica 3 re-sent its VIEW-CHANGE for view 2 forever, and with a
-/// silent replica no quorum was left in either view).
+/// missed it. Otherwise, with one replica silent: the restarted primary of view 2 has forgotten
+/// its NEW-VIEW, so replica 3 re-sends its VIEW-CHANGE for view 2 forever, and no quorum is
+/// left in either view.
 #[test]
 fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
     let mut c = Cluster::new(4);
@@ -528,10 +564,10 @@ fn restarted_primary_still_serves_its_new_view_to_a_replica_that_missed_it() {
 /// Any replica in a view hands that view's NEW-VIEW to a replica still asking for it, not only
 /// the primary: the primary may have crashed or moved on to the next view change, and in an
 /// idle cluster nothing else moves the laggard (no request waits anywhere, so no timer fires
-/// and the f+1 rule never triggers). The PBFT sim seed 220 `1=ack-without-store` stall: the
-/// primary of view 11 had given up on it, replica 2 restarted still asking for view 11 (with
-/// only its own VIEW-CHANGE, so its timer never started), replica 0 sat idle in view 11, and
-/// the clients' outstanding requests were already executed there.
+/// and the f+1 rule never triggers). The stall this prevents, with a replica that acknowledges
+/// without storing: the primary of view 11 had given up on it, replica 2 restarted still
+/// asking for view 11 (with only its own VIEW-CHANGE, so its timer never started), replica 0
+/// sat idle in view 11, and the clients' outstanding requests were already executed there.
 #[test]
 fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
     let mut c = Cluster::new(4);
@@ -579,8 +615,8 @@ fn backups_relay_the_new_view_to_a_replica_that_missed_it() {
 /// from view 0 through 1 to 2, so it is still asking for view 1. The primary of view 2 must
 /// answer that old VIEW-CHANGE with its NEW-VIEW (2f+1 signed VIEW-CHANGEs prove view 2 is
 /// legitimate). Otherwise nothing ever moves replica 3 (nobody else is changing views, so the
-/// f+1 rule never fires) and with one more replica gone no quorum is left: the PBFT sim seed
-/// 121 `1=equivocate` stall, where correct replicas sat in views 10, 11 (active) and 12.
+/// f+1 rule never fires) and with one more replica gone no quorum is left — with an
+/// equivocating replica, correct replicas ended up sitting in views 10, 11 (active) and 12.
 #[test]
 fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
     let mut c = Cluster::new(4);
@@ -613,8 +649,8 @@ fn primary_answers_a_view_change_for_an_older_view_with_its_new_view() {
 /// A primary that cannot get what it ordered executed gives up on its own view like a backup
 /// would (§4.4's timer, applied to the primary's own requests). Without this, correct replicas
 /// scattered over different views, two of them primaries of their own (each waiting for backups
-/// that have moved on), never meet again: the PBFT sim `0=ack-without-store` stalls, seeds 40,
-/// 62, 79, 89, 96, 99, 150, 256 of 1..300.
+/// that have moved on), never meet again — as happens with a replica that acknowledges batches
+/// without storing them.
 #[test]
 fn a_primary_that_cannot_order_gives_up_on_its_view() {
     let mut c = Cluster::new(4);

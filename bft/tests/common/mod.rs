@@ -178,14 +178,14 @@ impl Cluster {
                 assert!(
                     m.bytes.len() <= budget,
                     "replica {id} sent a {} of {} bytes, over the {budget}-byte budget",
-                    m.kind,
+                    m.kind.as_str(),
                     m.bytes.len()
                 );
-                *self.sent.entry(m.kind).or_default() += 1;
+                *self.sent.entry(m.kind.as_str()).or_default() += 1;
                 let env = Env {
                     from: id,
                     to: m.to,
-                    kind: m.kind,
+                    kind: m.kind.as_str(),
                     bytes: m.bytes,
                 };
                 self.history.push(env.clone());

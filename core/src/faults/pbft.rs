@@ -61,7 +61,7 @@ impl ByzantinePbft {
         for to in (0..self.n).filter(|p| *p != self.id) {
             self.extra.push(Outgoing {
                 to,
-                kind: payload.kind(),
+                kind: payload.kind().as_str(),
                 bytes: bytes.clone(),
             });
         }
@@ -78,7 +78,7 @@ impl ByzantinePbft {
         let resign = |p: Payload| {
             Some(Outgoing {
                 to: m.to,
-                kind: p.kind(),
+                kind: p.kind().as_str(),
                 bytes: sign(&p, &self.key).into(),
             })
         };
@@ -195,7 +195,7 @@ impl ByzantinePbft {
         ] {
             self.extra.push(Outgoing {
                 to,
-                kind: vote.kind(),
+                kind: vote.kind().as_str(),
                 bytes: sign(&vote, &self.key).into(),
             });
         }

@@ -210,7 +210,7 @@ impl PbftEngine {
             .replica
             .config()
             .max_message_bytes
-            .saturating_sub(faultline_bft::config::ENVELOPE_RESERVE);
+            .saturating_sub(faultline_bft::ENVELOPE_RESERVE);
         let mut used = 0usize;
         let mut batches = Vec::new();
         for h in from..=upto.min(from.saturating_add(256)) {
@@ -250,10 +250,9 @@ impl Engine for PbftEngine {
     }
 
     fn on_message(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), Rejected> {
-        let r = self
-            .replica
-            .step(from, bytes)
-            .map_err(|r| Rejected { reason: r.reason });
+        let r = self.replica.step(from, bytes).map_err(|r| Rejected {
+            reason: r.reason.as_str(),
+        });
         self.track_view();
         r
     }
@@ -362,7 +361,7 @@ impl Engine for PbftEngine {
             .into_iter()
             .map(|m| Outgoing {
                 to: m.to,
-                kind: m.kind,
+                kind: m.kind.as_str(),
                 bytes: m.bytes,
             })
             .collect();
@@ -414,33 +413,8 @@ impl Engine for PbftEngine {
     }
 }
 
-/// The snake_case name of an encoded PBFT message (`SignedMessage` on the wire: the payload
-/// bytes come first, and a payload starts with its `Payload` variant index), read without
-/// decoding or verifying the message; "unknown" if it does not parse.
+/// The snake_case name of an encoded PBFT message, read without decoding or verifying it;
+/// "unknown" if it does not parse.
 pub fn message_kind(bytes: &[u8]) -> &'static str {
-    /// `faultline_bft::Payload` variants in declaration order (append-only there).
-    const NAMES: [&str; 12] = [
-        "request",
-        "pre_prepare",
-        "prepare",
-        "commit",
-        "checkpoint",
-        "view_change",
-        "new_view",
-        "state_request",
-        "state_response",
-        "pre_prepare",
-        "batch_request",
-        "batch",
-    ];
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        payload: &'a [u8],
-    }
-    postcard::take_from_bytes::<Envelope<'_>>(bytes)
-        .ok()
-        .and_then(|(e, _)| postcard::take_from_bytes::<u32>(e.payload).ok())
-        .and_then(|(variant, _)| NAMES.get(variant as usize).copied())
-        .unwrap_or("unknown")
+    faultline_bft::MessageKind::of_wire(bytes).map_or("unknown", faultline_bft::MessageKind::as_str)
 }
