@@ -49,7 +49,7 @@ pub use message::{
 };
 pub use reject::{RejectReason, Rejected};
 pub use replica::{Replica, MAX_REQUEST_BYTES};
-pub use state_transfer::{Fetch, ServeRequest};
+pub use state_transfer::ServeRequest;
 
 /// What the replicated application supplies: validation and digests of opaque requests.
 pub trait App {
@@ -135,9 +135,6 @@ pub struct Ready {
     /// Batches committed in sequence order, without gaps: the node executes them and reports
     /// checkpoint digests with [`Replica::executed`].
     pub committed: Vec<CommittedBatch>,
-    /// A state transfer started or retried (informational: the request is already in
-    /// `messages`).
-    pub fetch: Option<Fetch>,
     /// Peers asking for committed batches: the node reads them from its ledger and answers with
     /// [`Replica::send_state`] (the core keeps no executed batches).
     pub serve: Vec<ServeRequest>,
@@ -149,7 +146,6 @@ impl Ready {
         self.persist.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
-            && self.fetch.is_none()
             && self.serve.is_empty()
     }
 }

@@ -5,19 +5,6 @@
 
 use crate::config::NodeId;
 
-/// Emitted in `Ready::fetch` when this replica started (or retried) fetching batches
-/// `from_seq..=to_seq`; it has already sent a signed `StateRequest` to `peers`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fetch {
-    /// The first seq asked for: one above what this replica executed.
-    pub from_seq: u64,
-    /// The last seq wanted (the stable checkpoint, or the top of a stalled log).
-    pub to_seq: u64,
-    /// The peer asked this time; the node may show it (a fetch rotates over the peers that
-    /// can serve it).
-    pub peers: Vec<NodeId>,
-}
-
 /// Emitted in `Ready::serve` when a peer asked for committed batches; the node answers with
 /// `Replica::send_state(to, batches)` read from its ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]

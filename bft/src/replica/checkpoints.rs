@@ -11,7 +11,7 @@ use crate::message::{
 };
 use crate::persist::{self, seq_key};
 use crate::reject::RejectReason;
-use crate::state_transfer::{Fetch, FetchState};
+use crate::state_transfer::FetchState;
 use crate::{App, PersistOp, ServeRequest};
 
 use super::{Hash, Replica};
@@ -163,11 +163,6 @@ impl<A: App> Replica<A> {
             to_seq,
         }));
         self.send(peer, MessageKind::StateRequest, &m);
-        self.out.fetch = Some(Fetch {
-            from_seq,
-            to_seq,
-            peers: vec![peer],
-        });
     }
 
     pub(super) fn on_state_request(&mut self, r: StateRequest) -> Result<(), RejectReason> {
