@@ -18,16 +18,16 @@
 //! These states may overlap. One overlap is intended: a backup that receives a request that is
 //! already *ordered* (say re-issued in a NEW-VIEW) also *waits* for it, because a faulty
 //! primary can order a request and then never let it commit (§4.4). The others come from
-//! events that move a request to a new state without taking it out of its old one. They are
-//! kept as they were so that replicas behave exactly as before:
+//! events that move a request to a new state without taking it out of its old one:
 //!
 //! - executing a request does not take it out of the *queue*, so a primary that executes a
-//!   queued request (from a re-issued batch, or by state transfer) proposes it again;
-//! - a re-issued batch *orders* its requests even if they are *queued* or already *executed*;
-//! - a view change hands every *queued* and *ordered* request on as *waiting* unless it is
-//!   remembered as *executed*, and it leaves *waiting* requests that executed meanwhile alone.
+//!   request it had queued (from a re-issued batch, or by state transfer) proposes it again;
+//! - a re-issued batch *orders* its requests even if they are *queued* (they are then proposed
+//!   a second time) or already *executed*.
 //!
-//! The unit tests below pin down each of these.
+//! Both happen in ordinary simulated runs with crashes, partitions and drops, and removing them
+//! changes what the replicas order, so they are kept as they were. The unit tests below pin
+//! them down.
 
 use std::collections::{BTreeSet, VecDeque};
 
