@@ -46,15 +46,8 @@ pub fn verify(
 
 const BATCH_DOMAIN: &[u8] = b"faultline-batch-reply-v1";
 
-/// One entry of a `POST /v1/txs` reply.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchResult {
-    pub tx_hash: [u8; 32],
-    pub height: u64,
-    /// The result as the API returns it (`"ok"`, `{"error":..}`, or `{"rejected":..}` for a
-    /// stale seq, at height 0).
-    pub result: serde_json::Value,
-}
+/// One entry of a `POST /v1/txs` reply, as signed and as sent.
+pub use crate::api_types::BatchEntry as BatchResult;
 
 /// The bytes a node signs once for a whole batch reply (docs/SPEC.md "HTTP API"):
 /// `b"faultline-batch-reply-v1"` ‖ count (u32 BE) ‖ per result: tx hash ‖ height (u64 BE) ‖
@@ -108,7 +101,7 @@ pub fn parse_result(e: &serde_json::Value) -> Option<BatchResult> {
     Some(BatchResult {
         tx_hash,
         height: e.get("height")?.as_u64()?,
-        result: e.get("result")?.clone(),
+        result: serde_json::from_value(e.get("result")?.clone()).ok()?,
     })
 }
 
@@ -145,29 +138,50 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// for a balance: the balance (u64 BE). As for tx replies the node id is not signed, so correct
 /// replicas at the same height send byte-identical statements.
 pub fn read_signing_bytes(read: &ReadValue, height: u64) -> Vec<u8> {
+    match read {
+        ReadValue::Kv { key, value } => kv_signing_bytes(key, value.as_deref(), height),
+        ReadValue::Balance { account, balance } => balance_signing_bytes(account, *balance, height),
+    }
+}
+
+fn kv_signing_bytes(key: &str, value: Option<&str>, height: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(READ_DOMAIN.len() + 64);
     out.extend_from_slice(READ_DOMAIN);
-    match read {
-        ReadValue::Kv { key, value } => {
+    out.push(1);
+    put_str(&mut out, key);
+    out.extend_from_slice(&height.to_be_bytes());
+    match value {
+        None => out.push(0),
+        Some(v) => {
             out.push(1);
-            put_str(&mut out, key);
-            out.extend_from_slice(&height.to_be_bytes());
-            match value {
-                None => out.push(0),
-                Some(v) => {
-                    out.push(1);
-                    put_str(&mut out, v);
-                }
-            }
-        }
-        ReadValue::Balance { account, balance } => {
-            out.push(2);
-            put_str(&mut out, account);
-            out.extend_from_slice(&height.to_be_bytes());
-            out.extend_from_slice(&balance.to_be_bytes());
+            put_str(&mut out, v);
         }
     }
     out
+}
+
+fn balance_signing_bytes(account: &str, balance: u64, height: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(READ_DOMAIN.len() + 64);
+    out.extend_from_slice(READ_DOMAIN);
+    out.push(2);
+    put_str(&mut out, account);
+    out.extend_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&balance.to_be_bytes());
+    out
+}
+
+/// [`sign_read`] of a kv read, for a server that holds the key and value apart (no copy of a
+/// value of up to 64 KiB just to sign it).
+pub fn sign_kv(key_pair: &SigningKey, key: &str, value: Option<&str>, height: u64) -> [u8; 64] {
+    key_pair
+        .sign(&kv_signing_bytes(key, value, height))
+        .to_bytes()
+}
+
+/// [`sign_read`] of a balance read.
+pub fn sign_balance(key: &SigningKey, account: &str, balance: u64, height: u64) -> [u8; 64] {
+    key.sign(&balance_signing_bytes(account, balance, height))
+        .to_bytes()
 }
 
 pub fn sign_read(key: &SigningKey, read: &ReadValue, height: u64) -> [u8; 64] {
@@ -283,6 +297,7 @@ impl ReadQuorum {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api_types::EntryResult;
 
     #[test]
     fn a_reply_verifies_only_with_the_signer_and_the_same_contents() {
@@ -311,12 +326,12 @@ mod tests {
             BatchResult {
                 tx_hash: [1; 32],
                 height: 5,
-                result: serde_json::json!("ok"),
+                result: EntryResult::Applied(TxOutcome::Ok),
             },
             BatchResult {
                 tx_hash: [2; 32],
                 height: 5,
-                result: serde_json::json!({"error": "insufficient funds"}),
+                result: EntryResult::Applied(TxOutcome::Error("insufficient funds".into())),
             },
         ];
         let sig = sign_batch(&key, &results);
@@ -385,6 +400,10 @@ mod tests {
         let body = serde_json::json!({"error": "key \"k\" not found", "key": "k",
             "value": null, "height": 9, "node": 2, "signature": hex::encode(sig)});
         assert_eq!(parse_read_reply(&body).unwrap().read, absent);
+        // The signers that hold key and value apart sign the same bytes.
+        assert_eq!(sign_kv(&key, "k", Some("v"), 9), sig);
+        assert_eq!(sign_kv(&key, "k", None, 9), sign_read(&key, &absent, 9));
+        assert_eq!(sign_balance(&key, "alice", 5, 2), sign_read(&key, &bal, 2));
     }
 
     #[test]

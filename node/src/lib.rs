@@ -29,7 +29,9 @@ pub mod testnet;
 pub mod ui;
 pub mod workload;
 
-pub use faultline_core::{config, engine, faults, keys, ledger, reply, setup, sim, store, verify};
+pub use faultline_core::{
+    api_types, config, engine, faults, keys, ledger, reply, setup, sim, store, verify,
+};
 
 #[cfg(test)]
 mod tests {

@@ -256,7 +256,10 @@ fn committed_entries(body: &Value) -> Vec<([u8; 32], u64, String)> {
         .unwrap_or_default()
         .into_iter()
         .filter(|r| r.height > 0)
-        .map(|r| (r.tx_hash, r.height, r.result.to_string()))
+        .map(|r| {
+            let result = serde_json::to_string(&r.result).unwrap_or_default();
+            (r.tx_hash, r.height, result)
+        })
         .collect()
 }
 
