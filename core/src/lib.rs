@@ -8,6 +8,7 @@
 //! simulator proves is the code the real node runs.
 
 pub mod api_types;
+pub mod client_protocol;
 pub mod config;
 pub mod engine;
 pub mod faults;

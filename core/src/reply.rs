@@ -108,7 +108,7 @@ pub fn parse_result(e: &serde_json::Value) -> Option<BatchResult> {
 const READ_DOMAIN: &[u8] = b"faultline-read-reply-v1";
 
 /// What a signed read reply vouches for: the state of one key or account at one height.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ReadValue {
     /// `GET /v1/kv/{key}`; `value` is None for an absent key.
     Kv { key: String, value: Option<String> },
@@ -237,62 +237,9 @@ pub fn parse_read_reply(body: &serde_json::Value) -> Option<ReadReply> {
     })
 }
 
-/// How a PBFT client decides a read from replicas' signed replies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadRule {
-    /// The read-only optimisation (Castro–Liskov TOCS §5.1.3): replicas answer from their
-    /// applied state, and the client needs 2f+1 replies that match in value *and* height.
-    /// Matching heights make the quorum a statement about one committed state: 2f+1 replicas,
-    /// f+1 of them correct, say "at height H the value is V" — never a value no correct replica
-    /// holds. It is not a proof of freshness against a write fewer than 2f+1 replicas have
-    /// executed yet (the paper's condition), which is why the client falls back to `Ordered`.
-    Fast,
-    /// Each replica ordered the read through the protocol (a read marker) before answering, so
-    /// a correct replica's answer reflects every write completed before the read began; f+1
-    /// replies with the same value (heights may differ: each replica's marker lands at its own
-    /// height) include a correct one.
-    Ordered,
-}
-
-/// Counts verified read replies per distinct replica until one answer has a quorum.
-#[derive(Debug)]
-pub struct ReadQuorum {
-    rule: ReadRule,
-    need: usize,
-    votes:
-        std::collections::HashMap<(ReadValue, Option<u64>), (std::collections::BTreeSet<u64>, u64)>,
-}
-
-impl ReadQuorum {
-    pub fn new(rule: ReadRule, f: usize) -> ReadQuorum {
-        ReadQuorum {
-            rule,
-            need: match rule {
-                ReadRule::Fast => 2 * f + 1,
-                ReadRule::Ordered => f + 1,
-            },
-            votes: std::collections::HashMap::new(),
-        }
-    }
-
-    /// Adds one reply whose signature the caller verified against `node`'s key and whose key
-    /// or account is the one asked for. Returns the decided value and height once enough
-    /// distinct replicas agree (for `Ordered`, the lowest height among the agreeing replies).
-    /// A replica that answers twice counts once.
-    pub fn add(&mut self, node: u64, read: ReadValue, height: u64) -> Option<(ReadValue, u64)> {
-        let at = match self.rule {
-            ReadRule::Fast => Some(height),
-            ReadRule::Ordered => None,
-        };
-        let entry = self
-            .votes
-            .entry((read.clone(), at))
-            .or_insert_with(|| (std::collections::BTreeSet::new(), height));
-        entry.0.insert(node);
-        entry.1 = entry.1.min(height);
-        (entry.0.len() >= self.need).then_some((read, entry.1))
-    }
-}
+/// The client's read rule moved to [`crate::client_protocol`] with the rest of the client
+/// protocol; re-exported while the node's client still names it here.
+pub use crate::client_protocol::{ReadQuorum, ReadRule};
 
 #[cfg(test)]
 mod tests {
@@ -404,27 +351,5 @@ mod tests {
         assert_eq!(sign_kv(&key, "k", Some("v"), 9), sig);
         assert_eq!(sign_kv(&key, "k", None, 9), sign_read(&key, &absent, 9));
         assert_eq!(sign_balance(&key, "alice", 5, 2), sign_read(&key, &bal, 2));
-    }
-
-    #[test]
-    fn a_fast_read_needs_2f_plus_1_replicas_agreeing_on_value_and_height() {
-        let v = |s: &str| ReadValue::Kv {
-            key: "x".into(),
-            value: Some(s.into()),
-        };
-        let mut q = ReadQuorum::new(ReadRule::Fast, 1);
-        assert_eq!(q.add(0, v("good"), 5), None);
-        // A Byzantine replica lies; the same replica twice counts once.
-        assert_eq!(q.add(3, v("bad"), 5), None);
-        assert_eq!(q.add(0, v("good"), 5), None);
-        // Same value at another height does not match.
-        assert_eq!(q.add(1, v("good"), 6), None);
-        assert_eq!(q.add(2, v("good"), 5), None);
-        assert_eq!(q.add(1, v("good"), 5), Some((v("good"), 5)));
-
-        let mut q = ReadQuorum::new(ReadRule::Ordered, 1);
-        assert_eq!(q.add(3, v("bad"), 50), None);
-        assert_eq!(q.add(1, v("good"), 8), None);
-        assert_eq!(q.add(2, v("good"), 7), Some((v("good"), 7)));
     }
 }

@@ -30,7 +30,8 @@ pub mod ui;
 pub mod workload;
 
 pub use faultline_core::{
-    api_types, config, engine, faults, keys, ledger, reply, setup, sim, store, verify,
+    api_types, client_protocol, config, engine, faults, keys, ledger, reply, setup, sim, store,
+    verify,
 };
 
 #[cfg(test)]
