@@ -84,27 +84,6 @@ pub fn verify_batch(node_key: &[u8; 32], results: &[BatchResult], sig: &[u8; 64]
         .is_ok()
 }
 
-/// Parses the `results` of a batch reply as JSON back into what was signed (client side).
-pub fn parse_batch_results(body: &serde_json::Value) -> Option<Vec<BatchResult>> {
-    body.get("results")?
-        .as_array()?
-        .iter()
-        .map(parse_result)
-        .collect()
-}
-
-/// One `{tx_hash, height, result}` entry: an element of a batch reply's `results`, or the
-/// whole reply to `POST /v1/tx` (which has these fields too).
-pub fn parse_result(e: &serde_json::Value) -> Option<BatchResult> {
-    let mut tx_hash = [0u8; 32];
-    hex::decode_to_slice(e.get("tx_hash")?.as_str()?, &mut tx_hash).ok()?;
-    Some(BatchResult {
-        tx_hash,
-        height: e.get("height")?.as_u64()?,
-        result: serde_json::from_value(e.get("result")?.clone()).ok()?,
-    })
-}
-
 const READ_DOMAIN: &[u8] = b"faultline-read-reply-v1";
 
 /// What a signed read reply vouches for: the state of one key or account at one height.
@@ -209,38 +188,6 @@ pub struct ReadReply {
     pub signature: [u8; 64],
 }
 
-/// Parses a `GET /v1/kv` (200 or 404) or `GET /v1/balances` body back into what was signed;
-/// None if a field is missing or malformed (the client then ignores that reply).
-pub fn parse_read_reply(body: &serde_json::Value) -> Option<ReadReply> {
-    let read = if let Some(key) = body.get("key") {
-        let value = match body.get("value")? {
-            serde_json::Value::Null => None,
-            v => Some(v.as_str()?.to_string()),
-        };
-        ReadValue::Kv {
-            key: key.as_str()?.to_string(),
-            value,
-        }
-    } else {
-        ReadValue::Balance {
-            account: body.get("account")?.as_str()?.to_string(),
-            balance: body.get("balance")?.as_u64()?,
-        }
-    };
-    let mut signature = [0u8; 64];
-    hex::decode_to_slice(body.get("signature")?.as_str()?, &mut signature).ok()?;
-    Some(ReadReply {
-        node: body.get("node")?.as_u64()?,
-        read,
-        height: body.get("height")?.as_u64()?,
-        signature,
-    })
-}
-
-/// The client's read rule moved to [`crate::client_protocol`] with the rest of the client
-/// protocol; re-exported while the node's client still names it here.
-pub use crate::client_protocol::{ReadQuorum, ReadRule};
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,11 +245,6 @@ mod tests {
         want.extend_from_slice(&4u32.to_be_bytes());
         want.extend_from_slice(b"\"ok\"");
         assert_eq!(b, want);
-        // What the API sends parses back into what was signed.
-        let body = serde_json::json!({"results": [
-            {"tx_hash": hex::encode([1u8; 32]), "height": 5, "result": "ok"}
-        ]});
-        assert_eq!(parse_batch_results(&body).unwrap(), results[..1].to_vec());
     }
 
     #[test]
@@ -339,14 +281,6 @@ mod tests {
         assert!(verify_read(&pk, &kv, 9, &sig));
         assert!(!verify_read(&pk, &kv, 10, &sig));
         assert!(!verify_read(&pk, &absent, 9, &sig));
-        // The JSON the API sends parses back into what was signed.
-        let body = serde_json::json!({"key": "k", "value": "v", "height": 9, "node": 2,
-            "signature": hex::encode(sig)});
-        let r = parse_read_reply(&body).unwrap();
-        assert_eq!((r.node, &r.read, r.height), (2, &kv, 9));
-        let body = serde_json::json!({"error": "key \"k\" not found", "key": "k",
-            "value": null, "height": 9, "node": 2, "signature": hex::encode(sig)});
-        assert_eq!(parse_read_reply(&body).unwrap().read, absent);
         // The signers that hold key and value apart sign the same bytes.
         assert_eq!(sign_kv(&key, "k", Some("v"), 9), sig);
         assert_eq!(sign_kv(&key, "k", None, 9), sign_read(&key, &absent, 9));
