@@ -329,9 +329,10 @@ impl ClientWrite {
                 if self.quorum.is_done() {
                     WriteNext::Done
                 } else if self.route.protocol == Protocol::Raft {
-                    // A reply that left some transaction out: ask again (duplicates are
-                    // answered from the store, never applied twice).
-                    WriteNext::Retry(self.route.target)
+                    // A reply that left a transaction out (or was about another one): ask
+                    // the next node, as after any failure, so a broken node is not asked in a
+                    // loop; duplicates are answered from the store, never applied twice.
+                    self.route.on_failure(from, None)
                 } else {
                     WriteNext::Wait
                 }
@@ -728,6 +729,13 @@ mod tests {
         );
         assert_eq!(w.route().target(), 1);
         assert_eq!(w.decided(&TX).map(|e| e.height), Some(3));
+        // A reply about another transaction decides nothing: on to the next node.
+        let mut w = ClientWrite::new(&c, 1, [[9; 32]]);
+        assert_eq!(
+            w.on_answer(1, committed(&c, &reply(1, 3, TxOutcome::Ok))),
+            WriteNext::Retry(2)
+        );
+        assert!(!w.is_done());
     }
 
     #[test]
