@@ -79,8 +79,10 @@ fn balances_and_receipts(mut c: Cluster) {
         assert_eq!(r["height"], reply["height"]);
         assert_eq!(r["result"], reply["result"]);
         assert_eq!(r["node"], i as u64);
+        let typed: faultline_node::api_types::CommittedReply =
+            serde_json::from_value(r.clone()).expect("a committed reply");
         assert!(
-            faultline_node::client::verified_reply(&cfg, &r).is_some(),
+            faultline_node::client_protocol::Vouched::committed(&cfg, &typed).is_some(),
             "{r}"
         );
     }
@@ -138,7 +140,9 @@ fn pbft_client_reads_survive_a_lying_and_a_mute_replica() {
     let (code, v) = http(&c.api(3), "GET", "/v1/kv/color?consistency=local", None).unwrap();
     assert_eq!(code, 200, "{v}");
     assert_ne!(v["value"], "blue", "{v}");
-    let lie = faultline_node::reply::parse_read_reply(&v).unwrap();
+    let lie = serde_json::from_value::<faultline_node::api_types::KvReply>(v.clone())
+        .unwrap()
+        .signed();
     assert!(faultline_node::reply::verify_read(
         &cfg.nodes[3].public_key,
         &lie.read,

@@ -64,16 +64,17 @@ fn raft_cluster_commits_a_workload_and_loses_no_acknowledged_tx_across_kill_9() 
     let batch_time = started.elapsed();
     assert_eq!(code, 200, "{replies}");
     assert_eq!(replies["status"], "committed");
-    let results = faultline_node::reply::parse_batch_results(&replies).expect("batch reply");
+    let typed: faultline_node::api_types::BatchReply =
+        serde_json::from_value(replies.clone()).expect("batch reply");
     let signer = replies["node"].as_u64().unwrap() as usize;
-    let mut sig = [0u8; 64];
-    hex::decode_to_slice(replies["signature"].as_str().unwrap(), &mut sig).unwrap();
+    assert_eq!(typed.node, signer as u64);
     let cluster =
         faultline_node::config::ClusterConfig::load(&c.path().join("cluster.toml")).unwrap();
+    assert!(typed.verifies(&cluster.nodes[signer].public_key));
     assert!(faultline_node::reply::verify_batch(
         &cluster.nodes[signer].public_key,
-        &results,
-        &sig
+        &typed.results,
+        &typed.signature
     ));
     let replies = replies["results"].as_array().expect("results").clone();
     assert_eq!(replies.len(), 200);

@@ -7,6 +7,8 @@
 //! `faultline-node` crate adds the runtime, network, HTTP API and CLI on top, so whatever the
 //! simulator proves is the code the real node runs.
 
+pub mod api_types;
+pub mod client_protocol;
 pub mod config;
 pub mod engine;
 pub mod faults;

@@ -46,15 +46,8 @@ pub fn verify(
 
 const BATCH_DOMAIN: &[u8] = b"faultline-batch-reply-v1";
 
-/// One entry of a `POST /v1/txs` reply.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchResult {
-    pub tx_hash: [u8; 32],
-    pub height: u64,
-    /// The result as the API returns it (`"ok"`, `{"error":..}`, or `{"rejected":..}` for a
-    /// stale seq, at height 0).
-    pub result: serde_json::Value,
-}
+/// One entry of a `POST /v1/txs` reply, as signed and as sent.
+pub use crate::api_types::BatchEntry as BatchResult;
 
 /// The bytes a node signs once for a whole batch reply (docs/SPEC.md "HTTP API"):
 /// `b"faultline-batch-reply-v1"` ‖ count (u32 BE) ‖ per result: tx hash ‖ height (u64 BE) ‖
@@ -91,31 +84,10 @@ pub fn verify_batch(node_key: &[u8; 32], results: &[BatchResult], sig: &[u8; 64]
         .is_ok()
 }
 
-/// Parses the `results` of a batch reply as JSON back into what was signed (client side).
-pub fn parse_batch_results(body: &serde_json::Value) -> Option<Vec<BatchResult>> {
-    body.get("results")?
-        .as_array()?
-        .iter()
-        .map(parse_result)
-        .collect()
-}
-
-/// One `{tx_hash, height, result}` entry: an element of a batch reply's `results`, or the
-/// whole reply to `POST /v1/tx` (which has these fields too).
-pub fn parse_result(e: &serde_json::Value) -> Option<BatchResult> {
-    let mut tx_hash = [0u8; 32];
-    hex::decode_to_slice(e.get("tx_hash")?.as_str()?, &mut tx_hash).ok()?;
-    Some(BatchResult {
-        tx_hash,
-        height: e.get("height")?.as_u64()?,
-        result: e.get("result")?.clone(),
-    })
-}
-
 const READ_DOMAIN: &[u8] = b"faultline-read-reply-v1";
 
 /// What a signed read reply vouches for: the state of one key or account at one height.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ReadValue {
     /// `GET /v1/kv/{key}`; `value` is None for an absent key.
     Kv { key: String, value: Option<String> },
@@ -145,29 +117,50 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// for a balance: the balance (u64 BE). As for tx replies the node id is not signed, so correct
 /// replicas at the same height send byte-identical statements.
 pub fn read_signing_bytes(read: &ReadValue, height: u64) -> Vec<u8> {
+    match read {
+        ReadValue::Kv { key, value } => kv_signing_bytes(key, value.as_deref(), height),
+        ReadValue::Balance { account, balance } => balance_signing_bytes(account, *balance, height),
+    }
+}
+
+fn kv_signing_bytes(key: &str, value: Option<&str>, height: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(READ_DOMAIN.len() + 64);
     out.extend_from_slice(READ_DOMAIN);
-    match read {
-        ReadValue::Kv { key, value } => {
+    out.push(1);
+    put_str(&mut out, key);
+    out.extend_from_slice(&height.to_be_bytes());
+    match value {
+        None => out.push(0),
+        Some(v) => {
             out.push(1);
-            put_str(&mut out, key);
-            out.extend_from_slice(&height.to_be_bytes());
-            match value {
-                None => out.push(0),
-                Some(v) => {
-                    out.push(1);
-                    put_str(&mut out, v);
-                }
-            }
-        }
-        ReadValue::Balance { account, balance } => {
-            out.push(2);
-            put_str(&mut out, account);
-            out.extend_from_slice(&height.to_be_bytes());
-            out.extend_from_slice(&balance.to_be_bytes());
+            put_str(&mut out, v);
         }
     }
     out
+}
+
+fn balance_signing_bytes(account: &str, balance: u64, height: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(READ_DOMAIN.len() + 64);
+    out.extend_from_slice(READ_DOMAIN);
+    out.push(2);
+    put_str(&mut out, account);
+    out.extend_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&balance.to_be_bytes());
+    out
+}
+
+/// [`sign_read`] of a kv read, for a server that holds the key and value apart (no copy of a
+/// value of up to 64 KiB just to sign it).
+pub fn sign_kv(key_pair: &SigningKey, key: &str, value: Option<&str>, height: u64) -> [u8; 64] {
+    key_pair
+        .sign(&kv_signing_bytes(key, value, height))
+        .to_bytes()
+}
+
+/// [`sign_read`] of a balance read.
+pub fn sign_balance(key: &SigningKey, account: &str, balance: u64, height: u64) -> [u8; 64] {
+    key.sign(&balance_signing_bytes(account, balance, height))
+        .to_bytes()
 }
 
 pub fn sign_read(key: &SigningKey, read: &ReadValue, height: u64) -> [u8; 64] {
@@ -195,94 +188,10 @@ pub struct ReadReply {
     pub signature: [u8; 64],
 }
 
-/// Parses a `GET /v1/kv` (200 or 404) or `GET /v1/balances` body back into what was signed;
-/// None if a field is missing or malformed (the client then ignores that reply).
-pub fn parse_read_reply(body: &serde_json::Value) -> Option<ReadReply> {
-    let read = if let Some(key) = body.get("key") {
-        let value = match body.get("value")? {
-            serde_json::Value::Null => None,
-            v => Some(v.as_str()?.to_string()),
-        };
-        ReadValue::Kv {
-            key: key.as_str()?.to_string(),
-            value,
-        }
-    } else {
-        ReadValue::Balance {
-            account: body.get("account")?.as_str()?.to_string(),
-            balance: body.get("balance")?.as_u64()?,
-        }
-    };
-    let mut signature = [0u8; 64];
-    hex::decode_to_slice(body.get("signature")?.as_str()?, &mut signature).ok()?;
-    Some(ReadReply {
-        node: body.get("node")?.as_u64()?,
-        read,
-        height: body.get("height")?.as_u64()?,
-        signature,
-    })
-}
-
-/// How a PBFT client decides a read from replicas' signed replies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadRule {
-    /// The read-only optimisation (Castro–Liskov TOCS §5.1.3): replicas answer from their
-    /// applied state, and the client needs 2f+1 replies that match in value *and* height.
-    /// Matching heights make the quorum a statement about one committed state: 2f+1 replicas,
-    /// f+1 of them correct, say "at height H the value is V" — never a value no correct replica
-    /// holds. It is not a proof of freshness against a write fewer than 2f+1 replicas have
-    /// executed yet (the paper's condition), which is why the client falls back to `Ordered`.
-    Fast,
-    /// Each replica ordered the read through the protocol (a read marker) before answering, so
-    /// a correct replica's answer reflects every write completed before the read began; f+1
-    /// replies with the same value (heights may differ: each replica's marker lands at its own
-    /// height) include a correct one.
-    Ordered,
-}
-
-/// Counts verified read replies per distinct replica until one answer has a quorum.
-#[derive(Debug)]
-pub struct ReadQuorum {
-    rule: ReadRule,
-    need: usize,
-    votes:
-        std::collections::HashMap<(ReadValue, Option<u64>), (std::collections::BTreeSet<u64>, u64)>,
-}
-
-impl ReadQuorum {
-    pub fn new(rule: ReadRule, f: usize) -> ReadQuorum {
-        ReadQuorum {
-            rule,
-            need: match rule {
-                ReadRule::Fast => 2 * f + 1,
-                ReadRule::Ordered => f + 1,
-            },
-            votes: std::collections::HashMap::new(),
-        }
-    }
-
-    /// Adds one reply whose signature the caller verified against `node`'s key and whose key
-    /// or account is the one asked for. Returns the decided value and height once enough
-    /// distinct replicas agree (for `Ordered`, the lowest height among the agreeing replies).
-    /// A replica that answers twice counts once.
-    pub fn add(&mut self, node: u64, read: ReadValue, height: u64) -> Option<(ReadValue, u64)> {
-        let at = match self.rule {
-            ReadRule::Fast => Some(height),
-            ReadRule::Ordered => None,
-        };
-        let entry = self
-            .votes
-            .entry((read.clone(), at))
-            .or_insert_with(|| (std::collections::BTreeSet::new(), height));
-        entry.0.insert(node);
-        entry.1 = entry.1.min(height);
-        (entry.0.len() >= self.need).then_some((read, entry.1))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api_types::EntryResult;
 
     #[test]
     fn a_reply_verifies_only_with_the_signer_and_the_same_contents() {
@@ -311,12 +220,12 @@ mod tests {
             BatchResult {
                 tx_hash: [1; 32],
                 height: 5,
-                result: serde_json::json!("ok"),
+                result: EntryResult::Applied(TxOutcome::Ok),
             },
             BatchResult {
                 tx_hash: [2; 32],
                 height: 5,
-                result: serde_json::json!({"error": "insufficient funds"}),
+                result: EntryResult::Applied(TxOutcome::Error("insufficient funds".into())),
             },
         ];
         let sig = sign_batch(&key, &results);
@@ -336,11 +245,6 @@ mod tests {
         want.extend_from_slice(&4u32.to_be_bytes());
         want.extend_from_slice(b"\"ok\"");
         assert_eq!(b, want);
-        // What the API sends parses back into what was signed.
-        let body = serde_json::json!({"results": [
-            {"tx_hash": hex::encode([1u8; 32]), "height": 5, "result": "ok"}
-        ]});
-        assert_eq!(parse_batch_results(&body).unwrap(), results[..1].to_vec());
     }
 
     #[test]
@@ -377,35 +281,9 @@ mod tests {
         assert!(verify_read(&pk, &kv, 9, &sig));
         assert!(!verify_read(&pk, &kv, 10, &sig));
         assert!(!verify_read(&pk, &absent, 9, &sig));
-        // The JSON the API sends parses back into what was signed.
-        let body = serde_json::json!({"key": "k", "value": "v", "height": 9, "node": 2,
-            "signature": hex::encode(sig)});
-        let r = parse_read_reply(&body).unwrap();
-        assert_eq!((r.node, &r.read, r.height), (2, &kv, 9));
-        let body = serde_json::json!({"error": "key \"k\" not found", "key": "k",
-            "value": null, "height": 9, "node": 2, "signature": hex::encode(sig)});
-        assert_eq!(parse_read_reply(&body).unwrap().read, absent);
-    }
-
-    #[test]
-    fn a_fast_read_needs_2f_plus_1_replicas_agreeing_on_value_and_height() {
-        let v = |s: &str| ReadValue::Kv {
-            key: "x".into(),
-            value: Some(s.into()),
-        };
-        let mut q = ReadQuorum::new(ReadRule::Fast, 1);
-        assert_eq!(q.add(0, v("good"), 5), None);
-        // A Byzantine replica lies; the same replica twice counts once.
-        assert_eq!(q.add(3, v("bad"), 5), None);
-        assert_eq!(q.add(0, v("good"), 5), None);
-        // Same value at another height does not match.
-        assert_eq!(q.add(1, v("good"), 6), None);
-        assert_eq!(q.add(2, v("good"), 5), None);
-        assert_eq!(q.add(1, v("good"), 5), Some((v("good"), 5)));
-
-        let mut q = ReadQuorum::new(ReadRule::Ordered, 1);
-        assert_eq!(q.add(3, v("bad"), 50), None);
-        assert_eq!(q.add(1, v("good"), 8), None);
-        assert_eq!(q.add(2, v("good"), 7), Some((v("good"), 7)));
+        // The signers that hold key and value apart sign the same bytes.
+        assert_eq!(sign_kv(&key, "k", Some("v"), 9), sig);
+        assert_eq!(sign_kv(&key, "k", None, 9), sign_read(&key, &absent, 9));
+        assert_eq!(sign_balance(&key, "alice", 5, 2), sign_read(&key, &bal, 2));
     }
 }

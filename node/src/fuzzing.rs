@@ -119,7 +119,9 @@ pub fn engine_message(protocol: Protocol, data: &[u8]) {
     }
 }
 
-/// A `POST /v1/tx` or `/v1/txs` body as the API parses and checks it.
+/// A `POST /v1/tx`, `/v1/txs` or admin partition body as the API parses and checks it, and the
+/// same bytes as a reply a (possibly Byzantine) replica sends a client, through the client
+/// protocol as `faultline client` decides on it.
 pub fn api_body(data: &[u8]) {
     if let Ok(tx) = serde_json::from_slice::<Tx>(data) {
         let _ = tx.verify();
@@ -128,6 +130,43 @@ pub fn api_body(data: &[u8]) {
     if let Ok(txs) = serde_json::from_slice::<Vec<Tx>>(data) {
         let _ = crate::ledger::tx::verify_batch(&txs);
     }
+    let _ = serde_json::from_slice::<crate::api_types::Partition>(data);
+    reply_body(data);
+}
+
+/// A reply body through the client's decision: write replies into a [`ClientWrite`], read
+/// replies into a [`ClientRead`], status and block headers decoded.
+///
+/// [`ClientWrite`]: crate::client_protocol::ClientWrite
+/// [`ClientRead`]: crate::client_protocol::ClientRead
+fn reply_body(data: &[u8]) {
+    use crate::api_types::{BalanceReply, BlockHeader, KvReply, StatusReply};
+    use crate::client::wire::{write_answer, Answer, Trust};
+    use crate::client_protocol::{ClientRead, ClientWrite, ReadTarget};
+    let Some(base) = pristine(Protocol::Pbft) else {
+        return;
+    };
+    let answer = Answer {
+        code: 200,
+        body: data.to_vec().into(),
+    };
+    let mut w = ClientWrite::new(&base.cluster, 0, [[0u8; 32]]);
+    let _ = w.on_answer(1, write_answer(1, &answer, Trust::Signed(&base.cluster)));
+    let _ = w.on_answer(2, write_answer(2, &answer, Trust::Endpoint));
+    let mut r = ClientRead::new(&base.cluster, ReadTarget::Kv("k".into()));
+    let _ = r.on_reply(
+        &base.cluster,
+        1,
+        answer.json::<KvReply>().map(KvReply::signed),
+    );
+    let _ = r.on_reply(
+        &base.cluster,
+        1,
+        answer.json::<BalanceReply>().map(BalanceReply::signed),
+    );
+    let _ = answer.json::<StatusReply>();
+    let _ = answer.json::<BlockHeader>();
+    let _ = answer.error_text();
 }
 
 /// cluster.toml and node.toml as `faultline run` reads them, and a key file's text.
@@ -219,7 +258,8 @@ pub fn seed_messages(protocol: Protocol) -> Vec<Vec<u8>> {
     seeds
 }
 
-/// Seeds for [`api_body`]: a signed transaction of each kind, and a batch of them.
+/// Seeds for [`api_body`]: a signed transaction of each kind, a batch of them, a partition
+/// body, and signed write and read replies.
 pub fn seed_api_bodies() -> Vec<Vec<u8>> {
     use crate::ledger::Op;
     let key = crate::sim::sim_client_key(0);
@@ -248,6 +288,26 @@ pub fn seed_api_bodies() -> Vec<Vec<u8>> {
         .filter_map(|t| serde_json::to_vec(t).ok())
         .collect();
     out.extend(serde_json::to_vec(&txs).ok());
+    // Replies a client decodes: signed by replica 1 of the fuzzing cluster.
+    use crate::api_types::{BatchEntry, BatchReply, CommittedReply, EntryResult, KvReply};
+    let node = sim_node_key(1);
+    let rec = crate::ledger::TxRecord {
+        height: 3,
+        tx_hash: [0; 32],
+        outcome: crate::ledger::TxOutcome::Ok,
+    };
+    out.extend(serde_json::to_vec(&CommittedReply::sign(&node, 1, &rec)).ok());
+    let entry = BatchEntry {
+        height: 0,
+        result: EntryResult::Rejected {
+            rejected: "stale".into(),
+        },
+        tx_hash: [0; 32],
+    };
+    out.extend(serde_json::to_vec(&BatchReply::sign(&node, 1, vec![entry])).ok());
+    let kv = KvReply::sign(&node, 1, "k".into(), Some("v".into()), 3);
+    out.extend(serde_json::to_vec(&kv).ok());
+    out.push(br#"{"blocked":[1,2]}"#.to_vec());
     out
 }
 

@@ -29,7 +29,10 @@ pub mod testnet;
 pub mod ui;
 pub mod workload;
 
-pub use faultline_core::{config, engine, faults, keys, ledger, reply, setup, sim, store, verify};
+pub use faultline_core::{
+    api_types, client_protocol, config, engine, faults, keys, ledger, reply, setup, sim, store,
+    verify,
+};
 
 #[cfg(test)]
 mod tests {

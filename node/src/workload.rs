@@ -2,22 +2,25 @@
 //! key, sending batches of pre-signed, pre-encoded transactions through `POST /v1/txs`.
 //!
 //! Signing and JSON encoding happen before the measured window, so the figures measure the
-//! cluster, not the load generator. Raft batches go to the leader (any node forwards; on an
+//! cluster, not the load generator. Every batch is sent by the client protocol
+//! ([`crate::client::writes::drive`]): raft batches go to the leader (any node forwards; on an
 //! error the client moves to the next node and retries the same batch, whose duplicates the
-//! nodes answer with the original results). PBFT batches go to every replica and a transaction
-//! counts as committed once f+1 replicas answered with the same height, tx hash and result
-//! (at least one of them is correct). Replies are matched by the endpoint that sent them, which
-//! the driver itself chose, so no reply signature has to be checked on this 2-core machine.
+//! nodes answer with the original results), and the clients share what they learn about the
+//! leader. PBFT batches go to every replica and a transaction counts as committed once f+1
+//! replicas answered with the same height, tx hash and result (at least one of them is
+//! correct). Replies are matched by the endpoint that sent them, which the driver itself chose,
+//! so no reply signature has to be checked on this 2-core machine.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use serde_json::Value;
 
-use crate::config::{ClusterConfig, Protocol};
+use crate::client::wire::Trust;
+use crate::client::writes::{drive, Pacing};
+use crate::client_protocol::ClientWrite;
+use crate::config::ClusterConfig;
 use crate::ledger::{Op, Tx};
 
 /// After the sending window, how long in-flight batches may still be acknowledged.
@@ -210,12 +213,7 @@ pub async fn run(
                     break;
                 }
                 let sent = Instant::now();
-                let acks = match cluster.protocol {
-                    Protocol::Raft => {
-                        send_raft(&cluster, &http, &leader, &batch, give_up, &mut rep).await
-                    }
-                    Protocol::Pbft => send_pbft(&cluster, &http, &batch, give_up, &mut rep).await,
-                };
+                let acks = send(&cluster, &http, &leader, &batch, give_up, &mut rep).await;
                 for (hash, height, at) in acks {
                     rep.committed += 1;
                     rep.latencies_us
@@ -248,19 +246,9 @@ pub async fn run(
     all
 }
 
-/// (tx hash, height, result JSON) of each committed transaction of a batch reply, or of the
-/// one transaction of a `POST /v1/tx` reply.
-fn committed_entries(body: &Value) -> Vec<([u8; 32], u64, String)> {
-    crate::reply::parse_batch_results(body)
-        .or_else(|| crate::reply::parse_result(body).map(|r| vec![r]))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.height > 0)
-        .map(|r| (r.tx_hash, r.height, r.result.to_string()))
-        .collect()
-}
-
-async fn send_raft(
+/// Sends one batch by the client protocol until every transaction is decided or `give_up`;
+/// returns (tx hash, height, when decided) of each committed one.
+async fn send(
     cluster: &ClusterConfig,
     http: &reqwest::Client,
     leader: &AtomicUsize,
@@ -268,103 +256,34 @@ async fn send_raft(
     give_up: Instant,
     rep: &mut WorkloadReport,
 ) -> Vec<([u8; 32], u64, Instant)> {
-    let n = cluster.nodes.len();
-    while Instant::now() < give_up {
-        let target = leader.load(Ordering::Relaxed) % n;
-        let url = format!("http://{}{}", cluster.nodes[target].api, batch.path);
-        let resp = http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(batch.body.clone())
-            .send()
-            .await;
-        if let Ok(resp) = resp {
-            if resp.status().is_success() {
-                if let Ok(body) = resp.json::<Value>().await {
-                    let at = Instant::now();
-                    // The answer is signed by the leader (a follower relays the leader's
-                    // reply): send the next batch there and skip the follower's relay hop.
-                    if let Some(i) = body["node"]
-                        .as_u64()
-                        .and_then(|id| cluster.nodes.iter().position(|p| p.id == id))
-                    {
-                        leader.store(i, Ordering::Relaxed);
-                    }
-                    let wanted: HashSet<[u8; 32]> = batch.hashes.iter().copied().collect();
-                    return committed_entries(&body)
-                        .into_iter()
-                        .filter(|(h, _, _)| wanted.contains(h))
-                        .map(|(h, height, _)| (h, height, at))
-                        .collect();
-                }
-            }
-        }
-        // Leader gone or changing: try the next node (followers forward to the new leader).
+    let start = leader.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    let mut write = ClientWrite::new(cluster, start, batch.hashes.iter().copied());
+    let pacing = Pacing {
+        pause: RETRY_PAUSE,
+        pause_every_retry: true,
+        attempt_timeout: None,
+    };
+    let driven = drive(
+        &mut write,
+        cluster,
+        http,
+        batch.path,
+        batch.body.clone(),
+        Trust::Endpoint,
+        give_up,
+        pacing,
+        Some(leader),
+    )
+    .await;
+    rep.retries += u64::from(driven.attempts.saturating_sub(1));
+    if driven.outcome.is_err() {
         rep.retries += 1;
-        let _ = leader.compare_exchange(
-            target,
-            (target + 1) % n,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        tokio::time::sleep(RETRY_PAUSE).await;
     }
-    Vec::new()
-}
-
-async fn send_pbft(
-    cluster: &ClusterConfig,
-    http: &reqwest::Client,
-    batch: &Batch,
-    give_up: Instant,
-    rep: &mut WorkloadReport,
-) -> Vec<([u8; 32], u64, Instant)> {
-    let need = cluster.f + 1;
-    let mut acked: HashMap<[u8; 32], (u64, Instant)> = HashMap::new();
-    // Votes per (tx hash, height, result) by distinct replica, across retries.
-    let mut votes: HashMap<([u8; 32], u64, String), HashSet<usize>> = HashMap::new();
-    while Instant::now() < give_up && acked.len() < batch.hashes.len() {
-        let mut inflight = tokio::task::JoinSet::new();
-        for (i, node) in cluster.nodes.iter().enumerate() {
-            let req = http
-                .post(format!("http://{}{}", node.api, batch.path))
-                .header("content-type", "application/json")
-                .body(batch.body.clone());
-            let deadline = give_up.saturating_duration_since(Instant::now());
-            inflight.spawn(async move {
-                let resp = tokio::time::timeout(deadline, req.send())
-                    .await
-                    .ok()?
-                    .ok()?;
-                if !resp.status().is_success() {
-                    return None;
-                }
-                Some((i, resp.json::<Value>().await.ok()?))
-            });
-        }
-        while let Some(res) = inflight.join_next().await {
-            let Ok(Some((i, body))) = res else { continue };
-            let at = Instant::now();
-            for (h, height, result) in committed_entries(&body) {
-                let voters = votes.entry((h, height, result)).or_default();
-                voters.insert(i);
-                if voters.len() >= need {
-                    acked.entry(h).or_insert((height, at));
-                }
-            }
-            if acked.len() >= batch.hashes.len() {
-                // Dropping the set abandons the slower replicas' answers.
-                break;
-            }
-        }
-        if acked.len() < batch.hashes.len() {
-            rep.retries += 1;
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-    }
-    acked
-        .into_iter()
-        .map(|(h, (height, at))| (h, height, at))
+    write
+        .all_decided()
+        .values()
+        .filter(|e| e.height > 0)
+        .filter_map(|e| Some((e.tx_hash, e.height, *driven.decided_at.get(&e.tx_hash)?)))
         .collect()
 }
 
@@ -413,16 +332,9 @@ pub async fn run_until(
                     path: "/v1/txs",
                 };
                 let give_up = Instant::now() + GRACE;
-                let send = async {
-                    match cluster.protocol {
-                        Protocol::Raft => {
-                            send_raft(&cluster, &http, &leader, &b, give_up, &mut rep).await
-                        }
-                        Protocol::Pbft => send_pbft(&cluster, &http, &b, give_up, &mut rep).await,
-                    }
-                };
+                let sending = send(&cluster, &http, &leader, &b, give_up, &mut rep);
                 tokio::select! {
-                    _ = send => {}
+                    _ = sending => {}
                     _ = stop.changed() => break,
                 }
                 // Behind schedule after a stall: carry on from now rather than burst.

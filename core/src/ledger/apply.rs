@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::tx::{Op, Tx};
 
 /// What applying one transaction did. JSON: `"ok"` or `{"error":"insufficient funds"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TxOutcome {
     Ok,

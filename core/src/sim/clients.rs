@@ -1,7 +1,8 @@
 //! The simulated clients: a random workload of signed writes, submitted as `faultline client`
 //! would (raft: to the node believed to lead; pbft: to every replica) and retried until
 //! acknowledged, and PBFT reads decided by the client's rule (2f+1 matching replies, else
-//! ordered on every replica).
+//! ordered on every replica). What counts as an answer is decided by the same
+//! [`crate::client_protocol`] the real clients use; only the transport is simulated.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,8 @@ use ed25519_dalek::SigningKey;
 use rand_core::Rng;
 
 use super::{sim_node_key, Sim, SimError, ACCOUNTS, CLIENT_MAX_OUTSTANDING, CLIENT_RETRY_US};
+use crate::api_types::{BatchEntry, EntryResult};
+use crate::client_protocol::{ClientRead, ReadTarget, Route, Vouched, WriteNext, WriteQuorum};
 use crate::config::Protocol;
 use crate::engine::{NodeId, ProposeError};
 use crate::ledger::{Op, Tx};
@@ -17,18 +20,18 @@ use crate::store::AppliedBlock;
 pub(super) struct Client {
     pub(super) key: SigningKey,
     pub(super) next_seq: u64,
-    /// seq -> (tx, last sent at, nodes that applied it)
-    pub(super) outstanding: BTreeMap<u64, (Tx, u64, Vec<NodeId>)>,
-    pub(super) target: NodeId,
+    /// seq -> (tx, last sent at, the answers counted so far)
+    pub(super) outstanding: BTreeMap<u64, (Tx, u64, WriteQuorum)>,
+    /// Raft: the node believed to lead, which is also the one whose answers the client hears.
+    pub(super) route: Route,
 }
 
 /// A PBFT read the simulated client is ordering on every replica (TOCS §5.1.3's fallback).
 pub(super) struct SimRead {
-    key: String,
     /// The highest height any correct node had applied when the read began: a linearizable
     /// answer is the state at some height at or above it.
     floor: u64,
-    quorum: crate::reply::ReadQuorum,
+    read: ClientRead,
     /// (replica, read ctx) still to answer.
     waiting: Vec<(NodeId, u64)>,
 }
@@ -66,9 +69,8 @@ impl Sim {
             let op = self.random_op();
             let client = &mut self.clients[c];
             let tx = Tx::sign(&client.key, client.next_seq, op);
-            client
-                .outstanding
-                .insert(client.next_seq, (tx, 0, Vec::new()));
+            let quorum = WriteQuorum::new(&self.cluster, [tx.hash()]);
+            client.outstanding.insert(client.next_seq, (tx, 0, quorum));
             client.next_seq += 1;
         }
         // Send what is new or overdue.
@@ -97,19 +99,24 @@ impl Sim {
     }
 
     fn submit_raft(&mut self, c: usize, txs: Vec<Tx>) -> Result<(), SimError> {
-        let mut target = self.clients[c].target;
+        // The client acts on what it hears only once this submission's attempts are over:
+        // commits applied meanwhile are judged against the node it had asked.
+        let mut route = self.clients[c].route.clone();
         for _ in 0..2 {
-            match self.propose_at(target, txs.clone())? {
-                Some(ProposeError::NotLeader { leader: Some(l) }) if l != target => target = l,
-                Some(_) => {
-                    // No leader known or node down: try another node next time.
-                    target = self.below(self.cfg.nodes as u64);
-                    break;
-                }
+            let asked = route.target();
+            let leader = match self.propose_at(asked, txs.clone())? {
                 None => break,
+                Some(ProposeError::NotLeader { leader }) => leader,
+                Some(_) => None,
+            };
+            if let WriteNext::Redirect(_) = route.on_failure(asked, leader) {
+                continue;
             }
+            // No leader known or node down: another node next time, one the seed picks.
+            route.retry_at(self.below(self.cfg.nodes as u64));
+            break;
         }
-        self.clients[c].target = target;
+        self.clients[c].route = route;
         Ok(())
     }
 
@@ -127,34 +134,35 @@ impl Sim {
         }
     }
 
-    /// Client bookkeeping: a raft client is answered by the node it asked (the leader); a pbft
-    /// client by f+1 replicas.
+    /// Client bookkeeping: node `node` applied these blocks, which is the answer it sends the
+    /// clients whose transactions they hold (raft: heard from the node asked; pbft: decided by
+    /// f+1 replicas matching in height and result).
     pub(super) fn on_applied(&mut self, node: NodeId, applied: &[AppliedBlock]) {
-        let needed = match self.cfg.protocol {
-            Protocol::Raft => 1,
-            Protocol::Pbft => self.cluster.f + 1,
-        };
         for b in applied {
-            for (tx, outcome) in b.block.txs.iter().zip(&b.outcomes) {
-                if outcome.is_none() {
+            for ((tx, outcome), hash) in b.block.txs.iter().zip(&b.outcomes).zip(&b.tx_hashes) {
+                let Some(outcome) = outcome else {
                     continue;
-                }
+                };
                 for (c, client) in self.clients.iter_mut().enumerate() {
                     if client.key.verifying_key().to_bytes() != tx.client {
                         continue;
                     }
-                    let Some((_, _, nodes)) = client.outstanding.get_mut(&tx.seq) else {
+                    let Some((_, _, quorum)) = client.outstanding.get_mut(&tx.seq) else {
                         continue;
                     };
-                    if self.cfg.protocol == Protocol::Raft && node != client.target {
+                    if !client.route.listens_to(node) {
                         continue;
                     }
-                    if !nodes.contains(&node) {
-                        nodes.push(node);
-                    }
-                    if nodes.len() >= needed {
+                    let entry = BatchEntry {
+                        height: b.block.height,
+                        result: EntryResult::Applied(outcome.clone()),
+                        tx_hash: *hash,
+                    };
+                    if let Some(height) =
+                        quorum.add(Vouched::observed(node, entry)).map(|d| d.height)
+                    {
                         client.outstanding.remove(&tx.seq);
-                        self.acked.push((c, tx.seq, b.block.height));
+                        self.acked.push((c, tx.seq, height));
                         self.report.acked_txs += 1;
                     }
                 }
@@ -194,30 +202,18 @@ impl Sim {
         }))
     }
 
-    /// Counts a reply the way `faultline client` does: only if it verifies against the key
-    /// cluster.toml gives the replica asked.
-    fn verified(&self, r: &crate::reply::ReadReply) -> bool {
-        self.cluster.node(r.node).is_some_and(|n| {
-            crate::reply::verify_read(&n.public_key, &r.read, r.height, &r.signature)
-        })
-    }
-
-    /// A PBFT client read by the client's rule (`client::decide_read`): 2f+1 replies matching
-    /// in value and height, else the read is ordered on every replica and f+1 matching values
+    /// A PBFT client read by the client's rule ([`ClientRead`]): 2f+1 replies matching in
+    /// value and height, else the read is ordered on every replica and f+1 matching values
     /// decide (answered from [`Sim::drive`] as the replicas execute their markers).
     pub(super) fn read(&mut self) -> Result<(), SimError> {
-        use crate::reply::{ReadQuorum, ReadRule};
         let key = format!("k{}", self.below(50));
-        let mut fast = ReadQuorum::new(ReadRule::Fast, self.cluster.f);
+        let mut read = ClientRead::new(&self.cluster, ReadTarget::Kv(key.clone()));
         for id in 0..self.cfg.nodes as NodeId {
             let Some(r) = self.read_reply(id, &key)? else {
                 continue;
             };
-            if !self.verified(&r) {
-                continue;
-            }
-            if let Some((read, height)) = fast.add(id, r.read, r.height) {
-                self.check_read(&key, &read, height, height);
+            if let Some(d) = read.on_reply(&self.cluster, id, Some(r)) {
+                self.check_read(&key, &d.read, d.height, d.height);
                 return Ok(());
             }
         }
@@ -228,10 +224,13 @@ impl Sim {
             .map(|h| h.height)
             .max()
             .unwrap_or(0);
+        // Not decided on the fast path: ask every replica again, ordered.
+        if read.phase_over().is_err() {
+            return Ok(());
+        }
         let mut read = SimRead {
-            key,
             floor,
-            quorum: ReadQuorum::new(ReadRule::Ordered, self.cluster.f),
+            read,
             waiting: Vec::new(),
         };
         for id in 0..self.cfg.nodes as NodeId {
@@ -244,10 +243,8 @@ impl Sim {
                 Ok(true) => read.waiting.push((id, ctx)),
                 // A replica without the ordered path (a Byzantine wrapper) answers at once.
                 Ok(false) => {
-                    if let Some(r) = self.read_reply(id, &read.key)? {
-                        if self.verified(&r) {
-                            read.quorum.add(id, r.read, r.height);
-                        }
+                    if let Some(r) = self.read_reply(id, &key)? {
+                        read.read.on_reply(&self.cluster, id, Some(r));
                     }
                 }
                 Err(_) => {}
@@ -273,21 +270,20 @@ impl Sim {
                 continue;
             };
             self.reads[i].waiting.swap_remove(pos);
-            let key = self.reads[i].key.clone();
+            let ReadTarget::Kv(key) = self.reads[i].read.target().clone() else {
+                continue;
+            };
             let Some(r) = self.read_reply(id, &key)? else {
                 continue;
             };
-            if !self.verified(&r) {
-                continue;
-            }
-            if let Some(d) = self.reads[i].quorum.add(id, r.read, r.height) {
-                decided.push((i, d));
+            if let Some(d) = self.reads[i].read.on_reply(&self.cluster, id, Some(r)) {
+                decided.push((i, key, d));
             }
         }
-        for (i, (read, _)) in decided.into_iter().rev() {
+        for (i, key, d) in decided.into_iter().rev() {
             let r = self.reads.swap_remove(i);
             let hi = self.max_correct_height();
-            self.check_read(&r.key, &read, r.floor, hi);
+            self.check_read(&key, &d.read, r.floor, hi);
         }
         Ok(())
     }

@@ -276,7 +276,8 @@ pub struct Sim {
     clients_on: bool,
     report: SimReport,
     acked: Vec<(usize, u64, u64)>,
-    /// PBFT client reads waiting for ordered replies (the fallback of [`crate::reply::ReadRule`]).
+    /// PBFT client reads waiting for ordered replies (the fallback of
+    /// [`crate::client_protocol::ReadRule`]).
     reads: Vec<SimRead>,
     next_read_ctx: u64,
 }
@@ -342,7 +343,7 @@ impl Sim {
                 key: sim_client_key(c),
                 next_seq: 1,
                 outstanding: BTreeMap::new(),
-                target: (c % cfg.nodes) as NodeId,
+                route: crate::client_protocol::Route::new(&cluster, (c % cfg.nodes) as NodeId),
             })
             .collect();
         let mut sim = Sim {

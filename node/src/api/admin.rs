@@ -6,10 +6,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
 
 use super::{error, AppState};
+use crate::api_types::{BlockHeader, BlockQuery, BlockSyncStatus, Partition, StatusReply};
 
 pub(super) async fn get_status(State(shared): State<AppState>) -> Response {
     let mut s = shared.status();
@@ -20,36 +19,31 @@ pub(super) async fn get_status(State(shared): State<AppState>) -> Response {
     }
     // The lowest block held: 1 on a node with the whole chain (null before the first block).
     let first_height = shared.store.first_height().ok().flatten();
-    let block_sync = s
-        .block_sync
-        .map(|(low, target)| json!({ "target_height": target, "fetched_from": low }));
-    Json(json!({
-        "id": shared.id,
-        "protocol": shared.cluster.protocol,
-        "role": s.engine.role,
-        "term": s.engine.term,
-        "view": s.engine.view,
-        "leader": s.engine.leader,
-        "height": s.height,
-        "first_height": first_height,
-        "head_hash": hex::encode(s.head_hash),
-        "commit_index": s.engine.commit_index,
-        "peers_connected": shared.net.connected_peers(),
-        "peers_unreachable": shared
+    Json(StatusReply {
+        block_sync: s.block_sync.map(|(low, target)| BlockSyncStatus {
+            fetched_from: low,
+            target_height: target,
+        }),
+        commit_index: s.engine.commit_index,
+        first_height,
+        head_hash: s.head_hash,
+        height: s.height,
+        id: shared.id,
+        leader: s.engine.leader,
+        peers_connected: shared.net.connected_peers() as u64,
+        peers_unreachable: shared
             .cluster
             .nodes
             .iter()
             .map(|p| p.id)
             .filter(|&id| id != shared.id && !shared.net.is_connected(id))
-            .collect::<Vec<_>>(),
-        "block_sync": block_sync,
-    }))
+            .collect(),
+        protocol: shared.cluster.protocol,
+        role: s.engine.role.to_string(),
+        term: s.engine.term,
+        view: s.engine.view,
+    })
     .into_response()
-}
-
-#[derive(Deserialize)]
-pub(super) struct BlockParam {
-    header: Option<bool>,
 }
 
 /// `?header=true` leaves out the transactions and the certificate: a live view compares block
@@ -57,7 +51,7 @@ pub(super) struct BlockParam {
 pub(super) async fn get_block(
     State(shared): State<AppState>,
     Path(height): Path<String>,
-    Query(param): Query<BlockParam>,
+    Query(param): Query<BlockQuery>,
 ) -> Response {
     let Ok(height) = height.parse::<u64>() else {
         return error(
@@ -66,13 +60,7 @@ pub(super) async fn get_block(
         );
     };
     match shared.store.block(height) {
-        Ok(Some(b)) if param.header == Some(true) => Json(json!({
-            "height": b.height,
-            "prev_hash": hex::encode(b.prev_hash),
-            "hash": hex::encode(b.hash),
-            "tx_count": b.txs.len(),
-        }))
-        .into_response(),
+        Ok(Some(b)) if param.header == Some(true) => Json(BlockHeader::of(&b)).into_response(),
         Ok(Some(b)) => Json(b).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -80,13 +68,6 @@ pub(super) async fn get_block(
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
-}
-
-/// `{"blocked":[ids]}`: the peers this node is cut off from.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartitionBody {
-    blocked: Vec<u64>,
 }
 
 /// Only test clusters serve the admin route (`faultline run --allow-partition`, which `local`
@@ -109,7 +90,10 @@ pub(super) async fn get_partition(
             "the admin API answers loopback clients only",
         );
     }
-    Json(json!({ "blocked": shared.net.blocked() })).into_response()
+    Json(Partition {
+        blocked: shared.net.blocked(),
+    })
+    .into_response()
 }
 
 /// Cuts this node off from the listed peers (an empty list heals); see
@@ -126,7 +110,7 @@ pub(super) async fn post_partition(
             "the admin API answers loopback clients only",
         );
     }
-    let req: PartitionBody = match serde_json::from_slice(&body) {
+    let req: Partition = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -142,7 +126,10 @@ pub(super) async fn post_partition(
         .collect();
     tracing::warn!(blocked = ?known, "admin: partition set");
     shared.net.set_blocked(known);
-    Json(json!({ "blocked": shared.net.blocked() })).into_response()
+    Json(Partition {
+        blocked: shared.net.blocked(),
+    })
+    .into_response()
 }
 
 pub(super) async fn get_metrics(State(shared): State<AppState>) -> Response {

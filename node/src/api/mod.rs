@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
 
+use crate::api_types::{CommittedReply, ErrorReply};
 use crate::handle::Shared;
 use crate::ledger::TxRecord;
 use admin::{get_block, get_metrics, get_partition, get_status, post_partition};
@@ -59,20 +59,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+    (status, Json(ErrorReply::new(msg))).into_response()
 }
 
 /// The committed reply, signed by this node (see [`crate::reply`]).
-fn committed_reply(shared: &Shared, rec: &TxRecord) -> Value {
-    let sig = crate::reply::sign(&shared.key, &rec.tx_hash, rec.height, &rec.outcome);
-    json!({
-        "status": "committed",
-        "height": rec.height,
-        "tx_hash": hex::encode(rec.tx_hash),
-        "result": rec.outcome,
-        "node": shared.id,
-        "signature": hex::encode(sig),
-    })
+fn committed_reply(shared: &Shared, rec: &TxRecord) -> Json<CommittedReply> {
+    Json(CommittedReply::sign(&shared.key, shared.id, rec))
 }
 
 async fn relay(resp: Result<reqwest::Response, reqwest::Error>, leader: u64) -> Response {

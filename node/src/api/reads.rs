@@ -6,19 +6,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::{committed_reply, error, relay, AppState, COMMIT_TIMEOUT, FORWARDED};
+use crate::api_types::{BalanceReply, KvReply, ReadQuery};
 use crate::engine::ProposeError;
 use crate::handle::{Cmd, Shared};
-use crate::reply::ReadValue;
-
-#[derive(Deserialize)]
-pub(super) struct ReadParam {
-    consistency: Option<String>,
-}
 
 /// Makes a read's `consistency` hold before it is served from the local store. `linearizable`
 /// (the default): a raft node confirms it leads and has applied everything committed when the
@@ -86,7 +79,7 @@ async fn read_barrier(
 pub(super) async fn get_kv(
     State(shared): State<AppState>,
     Path(key): Path<String>,
-    Query(q): Query<ReadParam>,
+    Query(q): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/v1/kv/{}", encode_path(&key));
@@ -105,29 +98,14 @@ pub(super) async fn get_kv(
         }
         _ => value,
     };
-    let read = ReadValue::Kv {
-        key: key.clone(),
-        value: value.clone(),
+    let reply = KvReply::sign(&shared.key, shared.id, key, value, height);
+    // Absence is signed too: a client counting replies must be able to tell "absent at height
+    // H" from a replica that did not answer.
+    let status = match reply.value {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::NOT_FOUND,
     };
-    let signature = hex::encode(crate::reply::sign_read(&shared.key, &read, height));
-    match value {
-        Some(value) => Json(json!({
-            "key": key, "value": value, "height": height,
-            "node": shared.id, "signature": signature,
-        }))
-        .into_response(),
-        // Absence is signed too: a client counting replies must be able to tell "absent at
-        // height H" from a replica that did not answer.
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({
-                "error": format!("key {key:?} not found"),
-                "key": key, "value": null, "height": height,
-                "node": shared.id, "signature": signature,
-            })),
-        )
-            .into_response(),
-    }
+    (status, Json(reply)).into_response()
 }
 
 /// An account's balance, with the same consistency as `/v1/kv`; an account never credited has
@@ -135,7 +113,7 @@ pub(super) async fn get_kv(
 pub(super) async fn get_balance(
     State(shared): State<AppState>,
     Path(account): Path<String>,
-    Query(q): Query<ReadParam>,
+    Query(q): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/v1/balances/{}", encode_path(&account));
@@ -150,15 +128,13 @@ pub(super) async fn get_balance(
         Some(crate::config::ByzantineMode::Corrupt) => balance.wrapping_add(1),
         _ => balance,
     };
-    let read = ReadValue::Balance {
-        account: account.clone(),
+    Json(BalanceReply::sign(
+        &shared.key,
+        shared.id,
+        account,
         balance,
-    };
-    let signature = hex::encode(crate::reply::sign_read(&shared.key, &read, height));
-    Json(json!({
-        "account": account, "balance": balance, "height": height,
-        "node": shared.id, "signature": signature,
-    }))
+        height,
+    ))
     .into_response()
 }
 
@@ -176,7 +152,7 @@ pub(super) async fn get_receipt(
         );
     }
     match shared.store.receipt(&tx_hash) {
-        Ok(Some(rec)) => Json(committed_reply(&shared, &rec)).into_response(),
+        Ok(Some(rec)) => committed_reply(&shared, &rec).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown transaction"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -9,19 +9,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::{committed_reply, error, relay, AppState, COMMIT_TIMEOUT, FORWARDED};
+use crate::api_types::{AcceptedReply, BatchEntry, BatchReply, EntryResult, WaitQuery};
 use crate::engine::ProposeError;
 use crate::handle::{Cmd, Shared};
 use crate::ledger::{Tx, TxRecord};
-
-#[derive(Deserialize)]
-pub(super) struct WaitParam {
-    wait: Option<bool>,
-}
 
 /// Most transactions one `POST /v1/txs` may carry: with the body limit this bounds the
 /// signature work one request can demand.
@@ -101,7 +95,7 @@ fn leader_elsewhere(shared: &Shared, headers: &HeaderMap) -> Option<u64> {
 
 pub(super) async fn post_tx(
     State(shared): State<AppState>,
-    Query(q): Query<WaitParam>,
+    Query(q): Query<WaitQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -127,7 +121,7 @@ pub(super) async fn post_tx(
     };
     match submit(&shared, txs, wait).await {
         Submitted::Done(mut replies) => match replies.pop() {
-            Some(Ok(rec)) => Json(committed_reply(&shared, &rec)).into_response(),
+            Some(Ok(rec)) => committed_reply(&shared, &rec).into_response(),
             Some(Err(Rejection::Stale { msg, .. })) => error(StatusCode::CONFLICT, msg),
             Some(Err(Rejection::Response(r))) => r,
             None => error(StatusCode::INTERNAL_SERVER_ERROR, "no reply"),
@@ -142,7 +136,7 @@ pub(super) async fn post_tx(
 
 pub(super) async fn post_txs(
     State(shared): State<AppState>,
-    Query(q): Query<WaitParam>,
+    Query(q): Query<WaitQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -180,42 +174,23 @@ pub(super) async fn post_txs(
             let mut results = Vec::with_capacity(replies.len());
             for r in replies {
                 match r {
-                    Ok(rec) => results.push(crate::reply::BatchResult {
-                        tx_hash: rec.tx_hash,
+                    Ok(rec) => results.push(BatchEntry {
                         height: rec.height,
-                        result: serde_json::to_value(&rec.outcome).unwrap_or(Value::Null),
+                        result: EntryResult::Applied(rec.outcome),
+                        tx_hash: rec.tx_hash,
                     }),
                     // A stale seq is that entry's answer (height 0: in no block); anything
                     // else (a commit timeout) fails the batch and the client retries it
                     // (duplicates are answered from the store).
-                    Err(Rejection::Stale { tx_hash, msg }) => {
-                        results.push(crate::reply::BatchResult {
-                            tx_hash,
-                            height: 0,
-                            result: json!({ "rejected": msg }),
-                        })
-                    }
+                    Err(Rejection::Stale { tx_hash, msg }) => results.push(BatchEntry {
+                        height: 0,
+                        result: EntryResult::Rejected { rejected: msg },
+                        tx_hash,
+                    }),
                     Err(Rejection::Response(resp)) => return resp,
                 }
             }
-            let sig = crate::reply::sign_batch(&shared.key, &results);
-            let results: Vec<Value> = results
-                .iter()
-                .map(|r| {
-                    json!({
-                        "tx_hash": hex::encode(r.tx_hash),
-                        "height": r.height,
-                        "result": r.result,
-                    })
-                })
-                .collect();
-            Json(json!({
-                "status": "committed",
-                "node": shared.id,
-                "results": results,
-                "signature": hex::encode(sig),
-            }))
-            .into_response()
+            Json(BatchReply::sign(&shared.key, shared.id, results)).into_response()
         }
         Submitted::Accepted(hashes) => accepted(hashes),
         Submitted::Forward(leader) => {
@@ -226,12 +201,7 @@ pub(super) async fn post_txs(
 }
 
 fn accepted(hashes: Vec<[u8; 32]>) -> Response {
-    let hashes: Vec<String> = hashes.iter().map(hex::encode).collect();
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "status": "accepted", "tx_hashes": hashes })),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, Json(AcceptedReply::new(&hashes))).into_response()
 }
 
 /// Why one transaction of a submission has no committed reply.

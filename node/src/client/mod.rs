@@ -1,23 +1,26 @@
-//! `faultline client`: signs and submits transactions and queries the nodes of a cluster.
-//! Raft: a write goes to any node (followers forward to the leader); on failure the next node is
-//! tried. PBFT: a write goes to every node and is accepted once f+1 nodes sent matching replies
-//! whose signatures verify against their public keys in cluster.toml (at least one is correct).
+//! `faultline client`: signs and submits transactions and queries the nodes of a cluster, by
+//! the client protocol of [`crate::client_protocol`]. Raft: a write goes to one node (followers
+//! forward to the leader); on failure the next node is tried. PBFT: a write goes to every node
+//! and is accepted once f+1 nodes sent matching replies whose signatures verify against their
+//! public keys in cluster.toml (at least one is correct).
 
 mod reads;
-mod writes;
+pub mod wire;
+pub mod writes;
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
-use crate::config::{ClusterConfig, Protocol};
+use crate::api_types::{BatchEntry, CommittedReply, StatusReply};
+use crate::client_protocol::{Vouched, WriteQuorum};
+use crate::config::ClusterConfig;
 use crate::ledger::{Op, Tx};
 use reads::{balance, get};
-pub use reads::{decide_read, read_pbft, DecidedRead};
-pub use writes::{verified_reply, write};
+pub use reads::{decide_read, read_pbft};
+use wire::Answer;
+pub use writes::write;
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum ClientCommand {
@@ -43,14 +46,6 @@ pub enum ClientCommand {
     Head,
     /// Print the block at HEIGHT as JSON.
     Block { height: u64 },
-}
-
-/// A committed write as the client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteResult {
-    pub height: u64,
-    pub tx_hash: String,
-    pub result: Value,
 }
 
 pub fn run(cluster_path: &Path, key: Option<PathBuf>, cmd: ClientCommand) -> Result<()> {
@@ -87,12 +82,7 @@ pub fn run(cluster_path: &Path, key: Option<PathBuf>, cmd: ClientCommand) -> Res
         let r = write(&cluster, &http, &tx).await.with_context(|| {
             format!("tx_hash={hash} may still commit: check with `faultline client receipt {hash}`")
         })?;
-        outln!(
-            "committed height={} tx_hash={} result={}",
-            r.height,
-            r.tx_hash,
-            r.result
-        );
+        print_committed(&r);
         Ok(())
     })
 }
@@ -104,53 +94,55 @@ fn next_seq() -> u64 {
         .map_or(1, |d| d.as_micros() as u64)
 }
 
-fn err_text(body: &Value) -> String {
-    body.get("error")
-        .and_then(Value::as_str)
-        .map_or_else(|| body.to_string(), str::to_string)
+/// The line a decided write or receipt prints; `result` as the JSON the node sent.
+fn print_committed(e: &BatchEntry) {
+    outln!(
+        "committed height={} tx_hash={} result={}",
+        e.height,
+        hex::encode(e.tx_hash),
+        serde_json::to_string(&e.result).unwrap_or_default()
+    );
 }
 
-async fn get_json(http: &reqwest::Client, url: String) -> Result<(u16, Value)> {
-    let resp = http.get(url).send().await?;
-    let code = resp.status().as_u16();
-    Ok((code, resp.json().await.unwrap_or(Value::Null)))
+async fn get_answer(http: &reqwest::Client, url: String) -> Result<Answer> {
+    Ok(wire::send(http.get(url)).await?)
 }
 
 /// Asks every node for the receipt; for PBFT, f+1 matching signed receipts are required (at
 /// least one correct node vouches for it), for Raft one verified receipt.
 async fn receipt(cluster: &ClusterConfig, http: &reqwest::Client, hash: &str) -> Result<()> {
-    let need = match cluster.protocol {
-        Protocol::Raft => 1,
-        Protocol::Pbft => cluster.f + 1,
-    };
-    let mut votes: HashMap<(u64, String), HashSet<u64>> = HashMap::new();
+    let mut tx_hash = [0u8; 32];
+    if hex::decode_to_slice(hash, &mut tx_hash).is_err() {
+        bail!("{hash:?} is not a transaction hash (64 hex characters)");
+    }
+    let mut quorum = WriteQuorum::new(cluster, [tx_hash]);
+    let need = quorum.need();
     let mut not_found = 0;
     let mut last = String::from("no node answered");
     for node in &cluster.nodes {
         let url = format!("http://{}/v1/txs/{hash}", node.api);
-        match get_json(http, url).await {
-            Ok((200, v)) => {
-                if let Some((id, r)) = verified_reply(cluster, &v) {
-                    let voters = votes.entry((r.height, r.result.to_string())).or_default();
-                    voters.insert(id);
-                    if voters.len() >= need {
-                        outln!(
-                            "committed height={} tx_hash={} result={}",
-                            r.height,
-                            r.tx_hash,
-                            r.result
-                        );
-                        return Ok(());
+        match get_answer(http, url).await {
+            Ok(a) if a.code == 200 => {
+                let vouched = a
+                    .json::<CommittedReply>()
+                    .and_then(|r| Vouched::committed(cluster, &r));
+                match vouched {
+                    Some(v) => {
+                        if let Some(e) = quorum.add(v) {
+                            print_committed(e);
+                            return Ok(());
+                        }
                     }
-                } else {
-                    last = format!(
-                        "node {}: a receipt whose signature does not verify",
-                        node.id
-                    );
+                    None => {
+                        last = format!(
+                            "node {}: a receipt whose signature does not verify",
+                            node.id
+                        )
+                    }
                 }
             }
-            Ok((404, _)) => not_found += 1,
-            Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
+            Ok(a) if a.code == 404 => not_found += 1,
+            Ok(a) => last = format!("node {}: {}", node.id, a.error_text()),
             Err(e) => last = format!("node {} unreachable: {e}", node.id),
         }
     }
@@ -163,12 +155,13 @@ async fn receipt(cluster: &ClusterConfig, http: &reqwest::Client, hash: &str) ->
     bail!("fewer than {need} matching signed receipts ({last})")
 }
 
-fn field(v: &Value, k: &str) -> String {
-    match v.get(k) {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(x) => x.to_string(),
-    }
+/// A status field as the table shows it: `-` for null.
+fn field(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+async fn node_status(http: &reqwest::Client, api: std::net::SocketAddr) -> Option<StatusReply> {
+    wire::get(http.get(format!("http://{api}/v1/status"))).await
 }
 
 async fn status(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
@@ -185,21 +178,21 @@ async fn status(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
         "peers"
     );
     for node in &cluster.nodes {
-        match get_json(http, format!("http://{}/v1/status", node.api)).await {
-            Ok((200, v)) => outln!(
+        match node_status(http, node.api).await {
+            Some(s) => outln!(
                 "{:>4} {:<22} {:<13} {:>6} {:>6} {:>6} {:>8} {:>8} {:>5}  {}",
                 node.id,
                 node.api.to_string(),
-                field(&v, "role"),
-                field(&v, "term"),
-                field(&v, "view"),
-                field(&v, "leader"),
-                field(&v, "height"),
-                field(&v, "commit_index"),
-                field(&v, "peers_connected"),
-                field(&v, "head_hash"),
+                s.role,
+                field(s.term),
+                field(s.view),
+                field(s.leader),
+                s.height,
+                s.commit_index,
+                s.peers_connected,
+                hex::encode(s.head_hash),
             ),
-            _ => outln!("{:>4} {:<22} unreachable", node.id, node.api.to_string()),
+            None => outln!("{:>4} {:<22} unreachable", node.id, node.api.to_string()),
         }
     }
     Ok(())
@@ -207,14 +200,14 @@ async fn status(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
 
 async fn head(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
     for node in &cluster.nodes {
-        match get_json(http, format!("http://{}/v1/status", node.api)).await {
-            Ok((200, v)) => outln!(
+        match node_status(http, node.api).await {
+            Some(s) => outln!(
                 "node {} height={} head={}",
                 node.id,
-                field(&v, "height"),
-                field(&v, "head_hash")
+                s.height,
+                hex::encode(s.head_hash)
             ),
-            _ => outln!("node {} unreachable", node.id),
+            None => outln!("node {} unreachable", node.id),
         }
     }
     Ok(())
@@ -223,12 +216,19 @@ async fn head(cluster: &ClusterConfig, http: &reqwest::Client) -> Result<()> {
 async fn block(cluster: &ClusterConfig, http: &reqwest::Client, height: u64) -> Result<()> {
     let mut last = String::new();
     for node in &cluster.nodes {
-        match get_json(http, format!("http://{}/v1/blocks/{height}", node.api)).await {
-            Ok((200, v)) => {
-                outln!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
+        match get_answer(http, format!("http://{}/v1/blocks/{height}", node.api)).await {
+            Ok(a) if a.code == 200 => match a.json::<crate::ledger::Block>() {
+                Some(b) => {
+                    // Printed with its keys sorted, as this command always has.
+                    outln!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::to_value(&b)?)?
+                    );
+                    return Ok(());
+                }
+                None => last = format!("node {}: not a block: {}", node.id, a.error_text()),
+            },
+            Ok(a) => last = format!("node {}: {}", node.id, a.error_text()),
             Err(e) => last = format!("node {} unreachable: {e}", node.id),
         }
     }

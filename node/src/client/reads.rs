@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use serde_json::Value;
 
-use super::{err_text, get_json};
+use super::wire;
+use crate::api_types::{BalanceReply, KvReply};
+use crate::client_protocol::{ClientRead, DecidedRead, ReadRule, ReadTarget};
 use crate::config::{ClusterConfig, Protocol};
-use crate::reply::{ReadQuorum, ReadRule, ReadValue};
+use crate::reply::{ReadReply, ReadValue};
 
 /// How long the read-only fast path (TOCS §5.1.3) waits for 2f+1 matching replies before the
 /// client orders the read through the protocol instead.
@@ -18,41 +19,28 @@ const FAST_READ_WINDOW: Duration = Duration::from_secs(2);
 /// own 10 s marker timeout, or 503).
 const ORDERED_READ_WINDOW: Duration = Duration::from_secs(12);
 
-/// A read decided by a PBFT client: the value, its height and which rule decided it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecidedRead {
-    pub read: ReadValue,
-    pub height: u64,
-    pub rule: ReadRule,
-}
-
 /// Asks every replica, through `fetch(node, ordered)`, and decides a read from their signed
-/// replies. First the read-only optimisation (Castro–Liskov TOCS §5.1.3): every replica
-/// answers from its applied state (`ordered == false`, `consistency=local`) and 2f+1 replies
-/// matching in value and height decide. If they do not arrive within `fast_window` — replicas
-/// at different heights, a lying or silent replica, a write in flight — the read is retried
-/// "as a regular request" (§5.1.3): every replica orders a read marker before answering
-/// (`ordered == true`, `consistency=linearizable`) and f+1 replies with the same value decide.
-/// A reply counts only if its signature verifies against the key cluster.toml gives the
-/// replica that was asked, and it is about what was asked (`wanted`).
+/// replies by [`ClientRead`]: the fast path for `fast_window` (`ordered == false`,
+/// `consistency=local`), then the read ordered on every replica for `ordered_window`
+/// (`ordered == true`, `consistency=linearizable`). `fetch` yields None for a replica that did
+/// not answer, `Some(None)` for one that answered with something that is not a read reply.
 pub async fn decide_read<F, Fut>(
     cluster: &ClusterConfig,
-    wanted: &(dyn Fn(&ReadValue) -> bool + Sync),
+    what: ReadTarget,
     fetch: F,
     fast_window: Duration,
     ordered_window: Duration,
 ) -> Result<DecidedRead>
 where
     F: Fn(u64, bool) -> Fut,
-    Fut: std::future::Future<Output = Option<Value>> + Send + 'static,
+    Fut: std::future::Future<Output = Option<Option<ReadReply>>> + Send + 'static,
 {
-    let mut why = String::new();
-    for (rule, window) in [
-        (ReadRule::Fast, fast_window),
-        (ReadRule::Ordered, ordered_window),
-    ] {
-        let ordered = rule == ReadRule::Ordered;
-        let mut quorum = ReadQuorum::new(rule, cluster.f);
+    let mut read = ClientRead::new(cluster, what);
+    loop {
+        let (ordered, window) = match read.rule() {
+            ReadRule::Fast => (false, fast_window),
+            ReadRule::Ordered => (true, ordered_window),
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for node in &cluster.nodes {
             let id = node.id;
@@ -60,70 +48,55 @@ where
             tasks.spawn(async move { (id, fut.await) });
         }
         let deadline = tokio::time::Instant::now() + window;
-        let (mut answered, mut refused) = (0usize, 0usize);
         loop {
             let next = match tokio::time::timeout_at(deadline, tasks.join_next()).await {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => break,
             };
-            let Ok((asked, Some(body))) = next else {
+            let Ok((asked, Some(reply))) = next else {
                 continue;
             };
-            answered += 1;
-            let Some(reply) = crate::reply::parse_read_reply(&body) else {
-                refused += 1;
-                continue;
-            };
-            let Some(entry) = cluster.node(asked) else {
-                continue;
-            };
-            if reply.node != asked
-                || !wanted(&reply.read)
-                || !crate::reply::verify_read(
-                    &entry.public_key,
-                    &reply.read,
-                    reply.height,
-                    &reply.signature,
-                )
-            {
-                refused += 1;
-                continue;
-            }
-            if let Some((read, height)) = quorum.add(asked, reply.read, reply.height) {
+            if let Some(d) = read.on_reply(cluster, asked, reply) {
                 tasks.abort_all();
-                return Ok(DecidedRead { read, height, rule });
+                return Ok(d);
             }
         }
         tasks.abort_all();
-        why = format!(
-            "{} replicas answered, {refused} of them without a valid signed reply",
-            answered
-        );
+        if let Err(why) = read.phase_over() {
+            bail!(why);
+        }
     }
-    bail!(
-        "fewer than f+1 = {} replicas agreed on an ordered read in time ({why})",
-        cluster.f + 1
-    )
 }
 
-/// One replica's answer to a read, as JSON; None if unreachable or not a read reply (a 503
-/// from a replica whose marker timed out, for example).
-async fn fetch_read(http: reqwest::Client, url: String) -> Option<Value> {
-    let resp = http.get(url).send().await.ok()?;
-    let code = resp.status().as_u16();
-    if code != 200 && code != 404 {
+/// One replica's answer to a read: None if unreachable or not a read reply's status (a 503
+/// from a replica whose marker timed out, for example); `Some(None)` for a 200/404 whose body
+/// is not a read reply.
+async fn fetch_read(
+    http: reqwest::Client,
+    url: String,
+    balance: bool,
+) -> Option<Option<ReadReply>> {
+    let a = wire::send(http.get(url)).await.ok()?;
+    if a.code != 200 && a.code != 404 {
         return None;
     }
-    resp.json::<Value>().await.ok()
+    Some(if balance {
+        a.json::<BalanceReply>().map(BalanceReply::signed)
+    } else {
+        a.json::<KvReply>().map(KvReply::signed)
+    })
 }
 
-/// A PBFT read of `path` (`/v1/kv/K` or `/v1/balances/A`, already percent-encoded).
+/// A PBFT read of `what` by the client's rule.
 pub async fn read_pbft(
     cluster: &ClusterConfig,
     http: &reqwest::Client,
-    path: &str,
-    wanted: &(dyn Fn(&ReadValue) -> bool + Sync),
+    what: ReadTarget,
 ) -> Result<DecidedRead> {
+    let (path, balance) = match &what {
+        ReadTarget::Kv(k) => (format!("/v1/kv/{}", encode_segment(k)), false),
+        ReadTarget::Balance(a) => (format!("/v1/balances/{}", encode_segment(a)), true),
+    };
     let fetch = |node: u64, ordered: bool| {
         let url = cluster.node(node).map(|n| {
             format!(
@@ -133,16 +106,9 @@ pub async fn read_pbft(
             )
         });
         let http = http.clone();
-        async move { fetch_read(http, url?).await }
+        async move { fetch_read(http, url?, balance).await }
     };
-    decide_read(
-        cluster,
-        wanted,
-        fetch,
-        FAST_READ_WINDOW,
-        ORDERED_READ_WINDOW,
-    )
-    .await
+    decide_read(cluster, what, fetch, FAST_READ_WINDOW, ORDERED_READ_WINDOW).await
 }
 
 fn print_decided(name: &str, d: &DecidedRead) {
@@ -162,36 +128,51 @@ fn print_decided(name: &str, d: &DecidedRead) {
     }
 }
 
+/// A raft read: any node answers (a follower forwards to the leader); the next on failure.
+async fn read_raft(
+    cluster: &ClusterConfig,
+    http: &reqwest::Client,
+    path: &str,
+    absence_is_an_answer: bool,
+) -> Result<Option<wire::Answer>> {
+    let mut route = crate::client_protocol::Route::new(cluster, 0);
+    let mut last = String::new();
+    for _ in 0..cluster.nodes.len() {
+        let asked = route.target();
+        let Some(node) = cluster.node(asked) else {
+            break;
+        };
+        match wire::send(http.get(format!("http://{}{path}", node.api))).await {
+            Ok(a) if a.code == 200 => return Ok(Some(a)),
+            Ok(a) if a.code == 404 && absence_is_an_answer => return Ok(None),
+            Ok(a) => last = format!("node {}: {}", node.id, a.error_text()),
+            Err(e) => last = format!("node {} unreachable: {e}", node.id),
+        }
+        route.on_failure(asked, None);
+    }
+    bail!("no node could answer the read ({last})")
+}
+
 pub(super) async fn get(cluster: &ClusterConfig, http: &reqwest::Client, key: &str) -> Result<()> {
     if cluster.protocol == Protocol::Pbft {
-        let wanted = |r: &ReadValue| matches!(r, ReadValue::Kv { key: k, .. } if k == key);
-        let path = format!("/v1/kv/{}", encode_segment(key));
-        let d = read_pbft(cluster, http, &path, &wanted).await?;
+        let d = read_pbft(cluster, http, ReadTarget::Kv(key.into())).await?;
         print_decided(key, &d);
         return Ok(());
     }
-    let mut last = String::new();
-    for node in &cluster.nodes {
-        let url = format!("http://{}/v1/kv/{}", node.api, encode_segment(key));
-        match get_json(http, url).await {
-            Ok((200, v)) => {
-                outln!(
-                    "{} = {} (height {})",
-                    key,
-                    v.get("value").and_then(Value::as_str).unwrap_or(""),
-                    v.get("height").unwrap_or(&Value::Null)
-                );
-                return Ok(());
-            }
-            Ok((404, _)) => {
-                outln!("{key} not found");
-                return Ok(());
-            }
-            Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
-            Err(e) => last = format!("node {} unreachable: {e}", node.id),
-        }
+    let path = format!("/v1/kv/{}", encode_segment(key));
+    match read_raft(cluster, http, &path, true).await? {
+        Some(a) => match a.json::<KvReply>() {
+            Some(r) => outln!(
+                "{} = {} (height {})",
+                key,
+                r.value.unwrap_or_default(),
+                r.height
+            ),
+            None => bail!("not a read reply: {}", a.error_text()),
+        },
+        None => outln!("{key} not found"),
     }
-    bail!("no node could answer the read ({last})")
+    Ok(())
 }
 
 pub(super) async fn balance(
@@ -200,34 +181,19 @@ pub(super) async fn balance(
     account: &str,
 ) -> Result<()> {
     if cluster.protocol == Protocol::Pbft {
-        let wanted =
-            |r: &ReadValue| matches!(r, ReadValue::Balance { account: a, .. } if a == account);
-        let path = format!("/v1/balances/{}", encode_segment(account));
-        let d = read_pbft(cluster, http, &path, &wanted).await?;
+        let d = read_pbft(cluster, http, ReadTarget::Balance(account.into())).await?;
         print_decided(account, &d);
         return Ok(());
     }
-    let mut last = String::new();
-    for node in &cluster.nodes {
-        let url = format!(
-            "http://{}/v1/balances/{}",
-            node.api,
-            encode_segment(account)
-        );
-        match get_json(http, url).await {
-            Ok((200, v)) => {
-                outln!(
-                    "{account} = {} (height {})",
-                    v.get("balance").unwrap_or(&Value::Null),
-                    v.get("height").unwrap_or(&Value::Null)
-                );
-                return Ok(());
-            }
-            Ok((_, v)) => last = format!("node {}: {}", node.id, err_text(&v)),
-            Err(e) => last = format!("node {} unreachable: {e}", node.id),
-        }
+    let path = format!("/v1/balances/{}", encode_segment(account));
+    match read_raft(cluster, http, &path, false)
+        .await?
+        .and_then(|a| a.json::<BalanceReply>())
+    {
+        Some(r) => outln!("{account} = {} (height {})", r.balance, r.height),
+        None => bail!("no node answered {account}'s balance with a balance"),
     }
-    bail!("no node could answer the read ({last})")
+    Ok(())
 }
 
 /// Percent-encodes one URL path segment (a key or account name).
@@ -261,19 +227,23 @@ mod tests {
         Impersonates0,
     }
 
-    fn reply(signer: usize, claimed: u64, value: &str, height: u64) -> Value {
-        let read = ReadValue::Kv {
-            key: "x".into(),
-            value: Some(value.into()),
-        };
-        let sig = crate::reply::sign_read(&sim_node_key(signer), &read, height);
-        serde_json::json!({"key": "x", "value": value, "height": height, "node": claimed,
-            "signature": hex::encode(sig)})
+    fn reply(signer: usize, claimed: u64, value: &str, height: u64) -> Option<ReadReply> {
+        let r = KvReply::sign(
+            &sim_node_key(signer),
+            claimed,
+            "x".into(),
+            Some(value.into()),
+            height,
+        );
+        // Through the wire format, as a client receives it.
+        let body = serde_json::to_vec(&r).ok()?;
+        serde_json::from_slice::<KvReply>(&body)
+            .ok()
+            .map(KvReply::signed)
     }
 
     async fn decide(behaviour: [Behaviour; 4], lagging: bool) -> Result<DecidedRead> {
         let cluster = sim_cluster(Protocol::Pbft, 4, 1).unwrap();
-        let wanted = |r: &ReadValue| matches!(r, ReadValue::Kv { key, .. } if key == "x");
         let fetch = move |node: u64, ordered: bool| {
             let b = behaviour[node as usize];
             async move {
@@ -295,7 +265,7 @@ mod tests {
         };
         decide_read(
             &cluster,
-            &wanted,
+            ReadTarget::Kv("x".into()),
             fetch,
             Duration::from_millis(50),
             Duration::from_secs(5),

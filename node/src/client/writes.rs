@@ -1,121 +1,191 @@
-//! Writes: one signed transaction submitted per the cluster's protocol — raft to one node at
-//! a time until one commits it, pbft to every node until f+1 matching signed replies agree —
-//! and the check of a node's signed reply.
+//! Writes over HTTP by the client protocol ([`crate::client_protocol::ClientWrite`]): the one
+//! loop that sends a request where the protocol says, feeds it every answer and paces the
+//! retries — used by `faultline client`, the workload behind `local`/`bench` and the nemesis
+//! clients alike.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use anyhow::{bail, Result};
+use axum::body::Bytes;
 
-use super::{err_text, WriteResult};
+use super::wire::{self, Trust};
+use crate::api_types::BatchEntry;
+use crate::client_protocol::{ClientWrite, Targets, WriteAnswer, WriteNext};
 use crate::config::{ClusterConfig, Protocol};
-use crate::ledger::{Tx, TxOutcome};
+use crate::ledger::{Hash, Tx};
 
 /// How long a write keeps trying (leader elections, restarts) before giving up.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between rounds of `faultline client` write attempts.
+const WRITE_PAUSE: Duration = Duration::from_millis(300);
 
-/// Submits one signed transaction per the cluster's protocol.
-pub async fn write(
-    cluster: &ClusterConfig,
-    http: &reqwest::Client,
-    tx: &Tx,
-) -> Result<WriteResult> {
-    match cluster.protocol {
-        Protocol::Raft => write_raft(cluster, http, tx).await,
-        Protocol::Pbft => write_pbft(cluster, http, tx).await,
-    }
+/// How a write paces its attempts; the decisions are the protocol's, the waiting is the caller's.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// Pause after a PBFT round without a decision, and after raft retries (below).
+    pub pause: Duration,
+    /// Raft: pause after every node that failed (a load generator backing off), or only once
+    /// per cycle through the nodes (a client looking for the leader).
+    pub pause_every_retry: bool,
+    /// One request's timeout (a SIGSTOPped node never answers); always within the deadline.
+    pub attempt_timeout: Option<Duration>,
 }
 
-async fn write_raft(
+/// Why a write ended without a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Undecided {
+    /// Refused by the node asked (raft) or by f+1 replicas (pbft): retrying cannot help.
+    Refused(String),
+    /// The deadline passed; the last thing a node said.
+    TimedOut(String),
+}
+
+/// What one driven write did.
+#[derive(Debug)]
+pub struct Driven {
+    pub outcome: Result<(), Undecided>,
+    /// Rounds of requests sent (raft: one node each; pbft: every replica).
+    pub attempts: u32,
+    /// When each decided transaction was decided.
+    pub decided_at: BTreeMap<Hash, Instant>,
+}
+
+/// Sends `body` to `path` where `write` says until it is decided, refused or `deadline`
+/// passes. `leader` is a raft leader guess shared with other clients (the workload's): read
+/// before each attempt, and updated with what this one learns.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive(
+    write: &mut ClientWrite,
     cluster: &ClusterConfig,
     http: &reqwest::Client,
-    tx: &Tx,
-) -> Result<WriteResult> {
-    let start = Instant::now();
-    let mut last_err = String::from("no node answered");
-    let mut i = 0usize;
-    while start.elapsed() < WRITE_DEADLINE {
-        let node = &cluster.nodes[i % cluster.nodes.len()];
-        i += 1;
-        let url = format!("http://{}/v1/tx", node.api);
-        match http.post(&url).json(tx).send().await {
-            Ok(resp) => {
-                let code = resp.status();
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
-                if code.is_success() {
-                    return parse_reply(&body).context("unexpected reply");
-                }
-                if code.is_client_error() {
-                    bail!(
-                        "node {} refused the transaction: {}",
-                        node.id,
-                        err_text(&body)
-                    );
-                }
-                last_err = format!("node {}: {}", node.id, err_text(&body));
-            }
-            Err(e) => last_err = format!("node {} unreachable: {e}", node.id),
+    path: &str,
+    body: Bytes,
+    trust: Trust<'_>,
+    deadline: Instant,
+    pacing: Pacing,
+    leader: Option<&AtomicUsize>,
+) -> Driven {
+    let first = write.route().target();
+    let mut driven = Driven {
+        outcome: Err(Undecided::TimedOut("no node answered".into())),
+        attempts: 0,
+        decided_at: BTreeMap::new(),
+    };
+    let mut last = String::from("no node answered");
+    while Instant::now() < deadline {
+        if let Some(l) = leader {
+            write.route_mut().retry_at(l.load(Ordering::Relaxed) as u64);
         }
-        if i % cluster.nodes.len() == 0 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-    bail!("the transaction was not committed in time ({last_err})")
-}
-
-fn parse_reply(body: &Value) -> Option<WriteResult> {
-    Some(WriteResult {
-        height: body.get("height")?.as_u64()?,
-        tx_hash: body.get("tx_hash")?.as_str()?.to_string(),
-        result: body.get("result")?.clone(),
-    })
-}
-
-/// Checks a node's signed reply; returns the signing node and the write result it vouches for.
-pub fn verified_reply(cluster: &ClusterConfig, body: &Value) -> Option<(u64, WriteResult)> {
-    let r = parse_reply(body)?;
-    let node = cluster.node(body.get("node")?.as_u64()?)?;
-    let mut hash = [0u8; 32];
-    hex::decode_to_slice(&r.tx_hash, &mut hash).ok()?;
-    let mut sig = [0u8; 64];
-    hex::decode_to_slice(body.get("signature")?.as_str()?, &mut sig).ok()?;
-    let outcome: TxOutcome = serde_json::from_value(r.result.clone()).ok()?;
-    crate::reply::verify(&node.public_key, &hash, r.height, &outcome, &sig).then_some((node.id, r))
-}
-
-async fn write_pbft(
-    cluster: &ClusterConfig,
-    http: &reqwest::Client,
-    tx: &Tx,
-) -> Result<WriteResult> {
-    let need = cluster.f + 1;
-    let start = Instant::now();
-    while start.elapsed() < WRITE_DEADLINE {
+        let asked: Vec<u64> = match write.targets() {
+            Targets::One(j) => vec![j],
+            Targets::Every => cluster.nodes.iter().map(|n| n.id).collect(),
+        };
+        driven.attempts += 1;
         let mut tasks = tokio::task::JoinSet::new();
-        for node in &cluster.nodes {
-            let url = format!("http://{}/v1/tx", node.api);
-            let req = http.post(url).json(tx);
-            tasks.spawn(async move {
-                let resp = req.send().await.ok()?;
-                resp.json::<Value>().await.ok()
-            });
+        for id in asked {
+            let Some(node) = cluster.node(id) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = pacing.attempt_timeout.map_or(left, |t| t.min(left));
+            let req = http
+                .post(format!("http://{}{path}", node.api))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .timeout(timeout);
+            tasks.spawn(async move { (id, wire::send(req).await) });
         }
-        // Matching replies counted per distinct signing node: one node's reply relayed twice
-        // (or replayed) must not count twice.
-        let mut votes: HashMap<(u64, String, String), HashSet<u64>> = HashMap::new();
+        let mut pause = true;
         while let Some(res) = tasks.join_next().await {
-            let Ok(Some(body)) = res else { continue };
-            if let Some((node, r)) = verified_reply(cluster, &body) {
-                let k = (r.height, r.tx_hash.clone(), r.result.to_string());
-                let voters = votes.entry(k).or_default();
-                voters.insert(node);
-                if voters.len() >= need {
-                    return Ok(r);
+            let Ok((id, res)) = res else { continue };
+            let answer = match res {
+                Ok(a) => wire::write_answer(id, &a, trust),
+                Err(e) => wire::unreachable(id, e),
+            };
+            if let WriteAnswer::Refused(m) | WriteAnswer::Unavailable(m) = &answer {
+                last.clone_from(m);
+            }
+            let next = write.on_answer(id, answer);
+            let now = Instant::now();
+            for hash in write.all_decided().keys() {
+                driven.decided_at.entry(*hash).or_insert(now);
+            }
+            match next {
+                WriteNext::Done => {
+                    if let Some(l) = leader {
+                        l.store(write.route().target() as usize, Ordering::Relaxed);
+                    }
+                    driven.outcome = Ok(());
+                    // Dropping the set abandons the slower replicas' answers.
+                    return driven;
+                }
+                WriteNext::Wait => {}
+                WriteNext::Redirect(_) => {
+                    pause = false;
+                    break;
+                }
+                WriteNext::Retry(j) => {
+                    if let Some(l) = leader {
+                        let _ = l.compare_exchange(
+                            id as usize,
+                            j as usize,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    pause = pacing.pause_every_retry || j == first;
+                    break;
+                }
+                WriteNext::Refused(why) => {
+                    driven.outcome = Err(Undecided::Refused(why));
+                    return driven;
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if pause {
+            tokio::time::sleep(
+                pacing
+                    .pause
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
     }
-    bail!("fewer than f+1 = {need} matching signed replies arrived in time")
+    driven.outcome = Err(Undecided::TimedOut(last));
+    driven
+}
+
+/// Submits one signed transaction per the cluster's protocol and returns what f+1 replicas
+/// (pbft) or the leader (raft) signed for it.
+pub async fn write(cluster: &ClusterConfig, http: &reqwest::Client, tx: &Tx) -> Result<BatchEntry> {
+    let hash = tx.hash();
+    let body = Bytes::from(serde_json::to_vec(tx)?);
+    let mut w = ClientWrite::new(cluster, 0, [hash]);
+    let pacing = Pacing {
+        pause: WRITE_PAUSE,
+        pause_every_retry: false,
+        attempt_timeout: None,
+    };
+    let deadline = Instant::now() + WRITE_DEADLINE;
+    let trust = Trust::Signed(cluster);
+    let driven = drive(
+        &mut w, cluster, http, "/v1/tx", body, trust, deadline, pacing, None,
+    )
+    .await;
+    match driven.outcome {
+        Ok(()) => match w.decided(&hash) {
+            Some(e) => Ok(e.clone()),
+            None => bail!("the write ended without a result"),
+        },
+        Err(Undecided::Refused(why)) => bail!("{why}"),
+        Err(Undecided::TimedOut(last)) => match cluster.protocol {
+            Protocol::Raft => bail!("the transaction was not committed in time ({last})"),
+            Protocol::Pbft => bail!(
+                "fewer than f+1 = {} matching signed replies arrived in time ({last})",
+                w.need()
+            ),
+        },
+    }
 }

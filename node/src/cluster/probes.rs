@@ -4,29 +4,25 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use super::{ClusterError, LocalCluster, POLL};
+use crate::api_types::StatusReply;
 use crate::config::Protocol;
+use crate::ledger::Block;
 
 impl LocalCluster {
-    async fn get_json(&self, i: usize, path: &str) -> Option<Value> {
+    async fn get_json<T: DeserializeOwned>(&self, i: usize, path: &str) -> Option<T> {
         let node = self.config.nodes.get(i)?;
-        let resp = self
+        let req = self
             .http
             .get(format!("http://{}{path}", node.api))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
+            .timeout(Duration::from_secs(5));
+        crate::client::wire::get(req).await
     }
 
     /// GET /v1/status of node `i`, None if it does not answer.
-    pub async fn status(&self, i: usize) -> Option<Value> {
+    pub async fn status(&self, i: usize) -> Option<StatusReply> {
         self.get_json(i, "/v1/status").await
     }
 
@@ -37,7 +33,7 @@ impl LocalCluster {
             if !self.is_running(i) {
                 continue;
             }
-            if let Some(l) = self.status(i).await.and_then(|s| s["leader"].as_u64()) {
+            if let Some(l) = self.status(i).await.and_then(|s| s.leader) {
                 *votes.entry(l).or_default() += 1;
             }
         }
@@ -77,13 +73,13 @@ impl LocalCluster {
             let Some(s) = self.status(i).await else {
                 return false;
             };
-            if s["peers_connected"].as_u64() < Some(running.len().saturating_sub(1) as u64) {
+            if s.peers_connected < running.len().saturating_sub(1) as u64 {
                 return false;
             }
             if self.is_byzantine(i as u64) {
                 continue;
             }
-            let Some(l) = s["leader"].as_u64() else {
+            let Some(l) = s.leader else {
                 return false;
             };
             if leader.is_some_and(|x| x != l) {
@@ -95,7 +91,7 @@ impl LocalCluster {
             (_, None) => false,
             (Protocol::Pbft, Some(_)) => true,
             (Protocol::Raft, Some(l)) => match self.status(l as usize).await {
-                Some(s) => s["role"] == "leader",
+                Some(s) => s.role == "leader",
                 None => false,
             },
         }
@@ -134,9 +130,7 @@ impl LocalCluster {
         let mut out = Vec::new();
         for i in self.correct_running() {
             if let Some(s) = self.status(i).await {
-                if let (Some(h), Some(hash)) = (s["height"].as_u64(), s["head_hash"].as_str()) {
-                    out.push((i, h, hash.to_string()));
-                }
+                out.push((i, s.height, hex::encode(s.head_hash)));
             }
         }
         out
@@ -160,7 +154,7 @@ impl LocalCluster {
     }
 
     /// GET /v1/blocks/{h} of node `i`.
-    pub async fn block(&self, i: usize, h: u64) -> Option<Value> {
+    pub async fn block(&self, i: usize, h: u64) -> Option<Block> {
         self.get_json(i, &format!("/v1/blocks/{h}")).await
     }
 }

@@ -124,7 +124,9 @@ impl LocalCluster {
         };
         self.http
             .post(format!("http://{}/v1/admin/partition", node.api))
-            .json(&serde_json::json!({ "blocked": blocked }))
+            .json(&crate::api_types::Partition {
+                blocked: blocked.to_vec(),
+            })
             .timeout(Duration::from_secs(2))
             .send()
             .await

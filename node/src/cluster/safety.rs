@@ -57,10 +57,9 @@ impl LocalCluster {
     /// Whether every node in `nodes` holds the same block hash at height `h` (None if a node
     /// did not return the block).
     async fn agree_at(&self, nodes: &[usize], h: u64) -> Option<bool> {
-        let mut first: Option<String> = None;
+        let mut first: Option<[u8; 32]> = None;
         for &i in nodes {
-            let b = self.block(i, h).await?;
-            let hash = b["hash"].as_str()?.to_string();
+            let hash = self.block(i, h).await?.hash;
             match &first {
                 None => first = Some(hash),
                 Some(f) if *f != hash => return Some(false),
@@ -81,9 +80,7 @@ impl LocalCluster {
         let mut missing = 0;
         for (h, hashes) in by_height {
             let in_block: std::collections::HashSet<[u8; 32]> = match self.block(i, h).await {
-                Some(b) => serde_json::from_value::<crate::ledger::Block>(b)
-                    .map(|b| b.txs.iter().map(|t| t.hash()).collect())
-                    .unwrap_or_default(),
+                Some(b) => b.txs.iter().map(|t| t.hash()).collect(),
                 None => Default::default(),
             };
             missing += hashes.iter().filter(|x| !in_block.contains(*x)).count() as u64;

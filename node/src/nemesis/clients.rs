@@ -5,7 +5,6 @@
 //! or its retry window ends; a node must answer such a duplicate with the original result and
 //! never apply it twice, which the audit checks.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +12,14 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use serde_json::Value;
 
 use super::history::{Op, OpKind, Outcome};
-use crate::config::{ClusterConfig, Protocol};
-use crate::ledger::{self, Tx, TxOutcome};
+use crate::api_types::{EntryResult, KvReply};
+use crate::client::wire::{self, Trust};
+use crate::client::writes::{drive, Pacing, Undecided};
+use crate::client_protocol::ClientWrite;
+use crate::config::ClusterConfig;
+use crate::ledger::{self, Tx};
 
 /// How long one write keeps retrying before it is recorded as unknown. Longer than a leader
 /// election or view change plus a restart, so that under at most f faults a write normally
@@ -91,19 +93,15 @@ async fn read(ctx: &Ctx, client: usize, key: String, rng: &mut ChaCha8Rng) -> Op
     let node = &ctx.cluster.nodes[(rng.next_u64() % ctx.cluster.nodes.len() as u64) as usize];
     let invoke_ns = ctx.now_ns();
     let url = format!("http://{}/v1/kv/{key}", node.api);
-    let outcome = match ctx.http.get(url).timeout(READ_TIMEOUT).send().await {
-        Ok(resp) => {
-            let code = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            match code {
-                200 => match body.get("value").and_then(Value::as_str) {
-                    Some(v) => Outcome::Read(Some(v.to_string())),
-                    None => Outcome::Failed(format!("node {}: reply without value", node.id)),
-                },
-                404 => Outcome::Read(None),
-                _ => Outcome::Failed(format!("node {}: {code} {body}", node.id)),
-            }
-        }
+    let outcome = match wire::send(ctx.http.get(url).timeout(READ_TIMEOUT)).await {
+        Ok(a) => match a.code {
+            200 => match a.json::<KvReply>().and_then(|r| r.value) {
+                Some(v) => Outcome::Read(Some(v)),
+                None => Outcome::Failed(format!("node {}: reply without value", node.id)),
+            },
+            404 => Outcome::Read(None),
+            code => Outcome::Failed(format!("node {}: {code} {}", node.id, a.error_text())),
+        },
         Err(e) => Outcome::Failed(format!("node {}: {e}", node.id)),
     };
     Op {
@@ -115,17 +113,6 @@ async fn read(ctx: &Ctx, client: usize, key: String, rng: &mut ChaCha8Rng) -> Op
         outcome,
         attempts: 1,
     }
-}
-
-/// The answer to one attempt.
-enum Attempt {
-    Acked {
-        height: u64,
-        result: TxOutcome,
-    },
-    /// 400/403: the transaction itself is unacceptable; retrying cannot help.
-    Refused(String),
-    Retry(String),
 }
 
 async fn write(ctx: &Ctx, client: usize, tx: Tx, rng: &mut ChaCha8Rng) -> Op {
@@ -152,32 +139,38 @@ async fn write(ctx: &Ctx, client: usize, tx: Tx, rng: &mut ChaCha8Rng) -> Op {
     };
     let body = serde_json::to_vec(&tx).unwrap_or_default();
     let invoke_ns = ctx.now_ns();
-    let started = Instant::now();
-    let n = ctx.cluster.nodes.len();
-    let mut next = (rng.next_u64() % n as u64) as usize;
-    let mut attempts = 0u32;
-    let mut last = String::from("no attempt");
-    let outcome = loop {
-        if started.elapsed() > WRITE_WINDOW {
-            break Outcome::Unknown(last);
-        }
-        attempts += 1;
-        let answer = match ctx.cluster.protocol {
-            Protocol::Raft => {
-                let a = raft_attempt(ctx, next % n, &body, &hash).await;
-                next += 1;
-                a
-            }
-            Protocol::Pbft => pbft_attempt(ctx, &body, &hash).await,
-        };
-        match answer {
-            Attempt::Acked { height, result } => break Outcome::Committed { height, result },
-            Attempt::Refused(e) => break Outcome::Failed(e),
-            Attempt::Retry(e) => last = e,
-        }
-        if ctx.cluster.protocol == Protocol::Pbft || next % n == 0 {
-            tokio::time::sleep(BACKOFF).await;
-        }
+    let n = ctx.cluster.nodes.len() as u64;
+    // Raft: a random first node, so that followers forward as often as leaders answer.
+    let mut w = ClientWrite::new(&ctx.cluster, rng.next_u64() % n, [hash]);
+    let pacing = Pacing {
+        pause: BACKOFF,
+        pause_every_retry: false,
+        attempt_timeout: Some(ATTEMPT_TIMEOUT),
+    };
+    let driven = drive(
+        &mut w,
+        &ctx.cluster,
+        &ctx.http,
+        "/v1/tx",
+        body.into(),
+        Trust::Signed(&ctx.cluster),
+        Instant::now() + WRITE_WINDOW,
+        pacing,
+        None,
+    )
+    .await;
+    let attempts = driven.attempts;
+    let outcome = match (driven.outcome, w.decided(&hash)) {
+        (Ok(()), Some(e)) => match &e.result {
+            EntryResult::Applied(result) => Outcome::Committed {
+                height: e.height,
+                result: result.clone(),
+            },
+            EntryResult::Rejected { rejected } => Outcome::Failed(rejected.clone()),
+        },
+        (Ok(()), None) => Outcome::Unknown("decided without a result".into()),
+        (Err(Undecided::Refused(e)), _) => Outcome::Failed(e),
+        (Err(Undecided::TimedOut(last)), _) => Outcome::Unknown(last),
     };
     let complete_ns = match outcome {
         Outcome::Unknown(_) => None,
@@ -192,97 +185,6 @@ async fn write(ctx: &Ctx, client: usize, tx: Tx, rng: &mut ChaCha8Rng) -> Op {
         outcome,
         attempts,
     }
-}
-
-/// Checks a committed reply: signed by the node it names, for this transaction.
-fn check_reply(ctx: &Ctx, body: &Value, hash: &[u8; 32]) -> Option<(u64, u64, TxOutcome)> {
-    let (node, r) = crate::client::verified_reply(&ctx.cluster, body)?;
-    if r.tx_hash != hex::encode(hash) {
-        return None;
-    }
-    let result: TxOutcome = serde_json::from_value(r.result).ok()?;
-    Some((node, r.height, result))
-}
-
-/// Raft: one node (a follower forwards to the leader).
-async fn raft_attempt(ctx: &Ctx, i: usize, body: &[u8], hash: &[u8; 32]) -> Attempt {
-    let node = &ctx.cluster.nodes[i];
-    let req = ctx
-        .http
-        .post(format!("http://{}/v1/tx", node.api))
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .timeout(ATTEMPT_TIMEOUT);
-    match req.send().await {
-        Ok(resp) => {
-            let code = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            match code {
-                200 => match check_reply(ctx, &body, hash) {
-                    Some((_, height, result)) => Attempt::Acked { height, result },
-                    None => Attempt::Retry(format!("node {}: unverifiable reply {body}", node.id)),
-                },
-                400 | 403 => Attempt::Refused(format!("node {}: {code} {body}", node.id)),
-                _ => Attempt::Retry(format!("node {}: {code} {body}", node.id)),
-            }
-        }
-        Err(e) => Attempt::Retry(format!("node {}: {e}", node.id)),
-    }
-}
-
-/// PBFT: every replica; acknowledged by f+1 matching signed replies from distinct replicas
-/// (at least one of them correct, PBFT §4.1).
-async fn pbft_attempt(ctx: &Ctx, body: &[u8], hash: &[u8; 32]) -> Attempt {
-    let need = ctx.cluster.f + 1;
-    let mut tasks = tokio::task::JoinSet::new();
-    for node in &ctx.cluster.nodes {
-        let req = ctx
-            .http
-            .post(format!("http://{}/v1/tx", node.api))
-            .header("content-type", "application/json")
-            .body(body.to_vec())
-            .timeout(ATTEMPT_TIMEOUT);
-        let id = node.id;
-        tasks.spawn(async move {
-            let resp = req.send().await.map_err(|e| format!("node {id}: {e}"))?;
-            let code = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            Ok::<_, String>((id, code, body))
-        });
-    }
-    let mut votes: HashMap<(u64, String), HashSet<u64>> = HashMap::new();
-    let mut last = String::from("no replica answered");
-    while let Some(res) = tasks.join_next().await {
-        let (id, code, body) = match res {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                last = e;
-                continue;
-            }
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        if code == 400 || code == 403 {
-            return Attempt::Refused(format!("node {id}: {code} {body}"));
-        }
-        if code != 200 {
-            last = format!("node {id}: {code} {body}");
-            continue;
-        }
-        let Some((node, height, result)) = check_reply(ctx, &body, hash) else {
-            last = format!("node {id}: unverifiable reply {body}");
-            continue;
-        };
-        let k = (height, serde_json::to_string(&result).unwrap_or_default());
-        let voters = votes.entry(k).or_default();
-        voters.insert(node);
-        if voters.len() >= need {
-            return Attempt::Acked { height, result };
-        }
-    }
-    Attempt::Retry(last)
 }
 
 /// Runs `clients` clients until `stop` is set; returns all operations.

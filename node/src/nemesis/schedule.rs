@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use serde_json::Value;
 
 use super::history::{Fault, FaultKind};
+use crate::api_types::StatusReply;
 use crate::cluster::LocalCluster;
 
 /// Status probes during the faults must not wait on a SIGSTOPped node.
@@ -78,13 +78,9 @@ impl Nemesis {
         let mut votes: HashMap<u64, usize> = HashMap::new();
         for i in self.healthy(cluster.n()) {
             let url = format!("http://{}/v1/status", cluster.config.nodes[i].api);
-            let Ok(resp) = self.http.get(url).timeout(PROBE_TIMEOUT).send().await else {
-                continue;
-            };
-            let Ok(v) = resp.json::<Value>().await else {
-                continue;
-            };
-            if let Some(l) = v["leader"].as_u64() {
+            let req = self.http.get(url).timeout(PROBE_TIMEOUT);
+            let status = crate::client::wire::get::<StatusReply>(req).await;
+            if let Some(l) = status.and_then(|s| s.leader) {
                 *votes.entry(l).or_default() += 1;
             }
         }

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ByzantineMode;
@@ -77,69 +76,98 @@ pub struct ControlRequest {
 pub type Controls = mpsc::Sender<ControlRequest>;
 
 /// What `local` knows about a node's process (absent in `faultline ui`).
+// The structs the page reads declare their fields in alphabetical order: `/api/state` was
+// built as a serde_json map, which sorts keys at every level, and this keeps its bytes as
+// they were (`the_state_comes_out_with_sorted_keys` checks it).
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Process {
-    pub running: bool,
     pub byzantine: Option<ByzantineMode>,
     pub partitioned: bool,
+    pub running: bool,
 }
 
 /// One node as the page shows it.
 #[derive(Clone, Debug, Default, Serialize)]
 struct NodeView {
-    id: u64,
     api: String,
-    /// Answered its last `/v1/status`.
-    up: bool,
-    role: Option<String>,
-    term: Option<u64>,
-    view: Option<u64>,
-    leader: Option<u64>,
-    height: u64,
-    head_hash: String,
-    peers_connected: u64,
-    peers_unreachable: Vec<u64>,
     /// Its block at the compared height differs from the correct majority's.
     diverged: bool,
-    tx_per_s: f64,
+    head_hash: String,
+    height: u64,
+    id: u64,
+    leader: Option<u64>,
+    peers_connected: u64,
+    peers_unreachable: Vec<u64>,
     /// From `local`: running, Byzantine mode, partitioned (null in `faultline ui`).
     process: Option<Process>,
+    role: Option<String>,
+    term: Option<u64>,
+    tx_per_s: f64,
+    /// Answered its last `/v1/status`.
+    up: bool,
+    view: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 struct PairRate {
+    by_type: BTreeMap<String, f64>,
     from: u64,
     to: u64,
     total: f64,
-    by_type: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 struct Point {
-    t: f64,
-    tx_per_s: f64,
+    height: u64,
     latency_mean_ms: Option<f64>,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
-    height: u64,
+    t: f64,
+    tx_per_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 struct Event {
-    t: f64,
     kind: String,
     node: Option<u64>,
+    t: f64,
     text: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
 struct Verdict {
-    safe: bool,
-    text: String,
-    /// The height at which two correct nodes were first seen holding different blocks.
-    diverged_at: Option<u64>,
     /// The height the latest comparison was made at.
     compared_height: u64,
+    /// The height at which two correct nodes were first seen holding different blocks.
+    diverged_at: Option<u64>,
+    safe: bool,
+    text: String,
+}
+
+/// `GET /api/state`: everything the page shows (docs/SPEC.md "Live view").
+#[derive(Serialize)]
+pub struct StateView {
+    controls: bool,
+    f: usize,
+    leader: Option<u64>,
+    messages: Messages,
+    modes: Vec<&'static str>,
+    n: usize,
+    nodes: Vec<NodeView>,
+    polls: u64,
+    protocol: Protocol,
+    series: VecDeque<Point>,
+    t: f64,
+    timeline: VecDeque<Event>,
+    verdict: Verdict,
+}
+
+/// Message rates between every pair of nodes, and every type seen.
+#[derive(Serialize)]
+struct Messages {
+    pairs: Vec<PairRate>,
+    types: BTreeSet<String>,
 }
 
 struct ViewState {
@@ -246,7 +274,7 @@ impl Ui {
     }
 
     /// The page's data, as served at `GET /api/state`.
-    pub fn state_json(&self) -> Value {
+    pub fn state(&self) -> StateView {
         let processes = self
             .processes
             .lock()
@@ -257,21 +285,24 @@ impl Ui {
         for (v, p) in nodes.iter_mut().zip(processes) {
             v.process = p;
         }
-        json!({
-            "protocol": self.protocol,
-            "n": self.nodes.len(),
-            "f": self.f,
-            "controls": self.controls.is_some(),
-            "modes": ByzantineMode::ALL.iter().map(|m| m.name()).collect::<Vec<_>>(),
-            "t": self.t(),
-            "polls": st.polls,
-            "leader": st.leader,
-            "nodes": nodes,
-            "messages": { "types": st.types, "pairs": st.pairs },
-            "series": st.series,
-            "timeline": st.timeline,
-            "verdict": st.verdict,
-        })
+        StateView {
+            controls: self.controls.is_some(),
+            f: self.f,
+            leader: st.leader,
+            messages: Messages {
+                pairs: st.pairs.clone(),
+                types: st.types.clone(),
+            },
+            modes: ByzantineMode::ALL.iter().map(|m| m.name()).collect(),
+            n: self.nodes.len(),
+            nodes,
+            polls: st.polls,
+            protocol: self.protocol,
+            series: st.series.clone(),
+            t: self.t(),
+            timeline: st.timeline.clone(),
+            verdict: st.verdict.clone(),
+        }
     }
 
     fn is_byzantine(&self, i: usize) -> bool {
@@ -321,4 +352,50 @@ pub fn watch_cluster(cluster_path: &std::path::Path, listen: SocketAddr) -> anyh
         let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The view's JSON is typed now; its bytes must stay those of the sorted JSON map it used
+    /// to be built as, at every level, with every kind of entry present.
+    #[test]
+    fn the_state_comes_out_with_sorted_keys() {
+        let cluster = crate::sim::sim_cluster(Protocol::Pbft, 4, 1).unwrap();
+        let ui = Ui::new(&cluster, None).unwrap();
+        ui.event("start", Some(1), "hello");
+        ui.set_process(
+            0,
+            Process {
+                byzantine: Some(ByzantineMode::Forge),
+                partitioned: true,
+                running: true,
+            },
+        );
+        {
+            let mut st = ui.lock();
+            st.pairs.push(PairRate {
+                by_type: [("prepare".to_string(), 2.0)].into(),
+                from: 0,
+                to: 1,
+                total: 2.0,
+            });
+            st.types.insert("prepare".into());
+            st.series.push_back(Point {
+                height: 3,
+                latency_mean_ms: Some(1.5),
+                latency_p50_ms: None,
+                latency_p99_ms: Some(f64::NAN),
+                t: 0.5,
+                tx_per_s: 10.0,
+            });
+        }
+        let state = ui.state();
+        let typed = serde_json::to_string(&state).unwrap();
+        let sorted = serde_json::to_string(&serde_json::to_value(&state).unwrap()).unwrap();
+        assert_eq!(typed, sorted);
+        assert!(typed.contains(r#"{"byzantine":"forge","partitioned":true,"running":true}"#));
+        assert!(typed.contains(r#""latency_p99_ms":null"#));
+    }
 }

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Value;
 use tokio::sync::watch;
 
 use super::metrics_text::{self, NodeMetrics};
 use super::{PairRate, Point, Ui, Verdict, POLL, SERIES_LEN};
+use crate::api_types::{BlockHeader, StatusReply};
 use crate::config::Protocol;
 
 impl Ui {
@@ -41,12 +41,12 @@ impl Ui {
     }
 
     /// Status and metrics of node `i` (None if it does not answer).
-    async fn fetch(self: &Arc<Self>, i: usize) -> Option<(Value, NodeMetrics)> {
+    async fn fetch(self: &Arc<Self>, i: usize) -> Option<(StatusReply, NodeMetrics)> {
         let addr = self.nodes.get(i)?.1;
         let (status, metrics) = tokio::join!(self.get(addr, "/v1/status"), async {
             self.get(addr, "/metrics").await?.text().await.ok()
         });
-        let status: Value = status?.json().await.ok()?;
+        let status: StatusReply = status?.json().await.ok()?;
         Some((
             status,
             metrics_text::parse(metrics.as_deref().unwrap_or("")),
@@ -56,13 +56,13 @@ impl Ui {
     /// The hash of node `i`'s block at height `h`.
     async fn block_hash(&self, i: usize, h: u64) -> Option<String> {
         let addr = self.nodes.get(i)?.1;
-        let v: Value = self
+        let header: BlockHeader = self
             .get(addr, &format!("/v1/blocks/{h}?header=true"))
             .await?
             .json()
             .await
             .ok()?;
-        v["hash"].as_str().map(str::to_string)
+        Some(hex::encode(header.hash))
     }
 
     /// One round: every node's status and metrics, rates since the last round, the leader, the
@@ -74,7 +74,7 @@ impl Ui {
             let ui = Arc::clone(self);
             set.spawn(async move { (i, ui.fetch(i).await) });
         }
-        let mut got: Vec<Option<(Value, NodeMetrics)>> = vec![None; n];
+        let mut got: Vec<Option<(StatusReply, NodeMetrics)>> = vec![None; n];
         while let Some(r) = set.join_next().await {
             if let Ok((i, v)) = r {
                 got[i] = v;
@@ -85,7 +85,7 @@ impl Ui {
             .iter()
             .map(|g| {
                 let s = &g.as_ref()?.0;
-                Some((s["height"].as_u64()?, s["head_hash"].as_str()?.to_string()))
+                Some((s.height, hex::encode(s.head_hash)))
             })
             .collect();
         let divergence = self.compare_heads(&heads).await;
@@ -115,23 +115,20 @@ impl Ui {
                 if !was_up && st.polls > 1 {
                     events.push(("up", Some(id), format!("node {id} answers")));
                 }
-                if let Some(l) = s["leader"].as_u64() {
+                if let Some(l) = s.leader {
                     *names.entry(l).or_default() += 1;
                 }
                 {
                     let v = &mut st.nodes[i];
                     v.up = true;
-                    v.role = s["role"].as_str().map(str::to_string);
-                    v.term = s["term"].as_u64();
-                    v.view = s["view"].as_u64();
-                    v.leader = s["leader"].as_u64();
-                    v.height = s["height"].as_u64().unwrap_or(0);
-                    v.head_hash = s["head_hash"].as_str().unwrap_or("").to_string();
-                    v.peers_connected = s["peers_connected"].as_u64().unwrap_or(0);
-                    v.peers_unreachable = s["peers_unreachable"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                        .unwrap_or_default();
+                    v.head_hash = hex::encode(s.head_hash);
+                    v.role = Some(s.role);
+                    v.term = s.term;
+                    v.view = s.view;
+                    v.leader = s.leader;
+                    v.height = s.height;
+                    v.peers_connected = s.peers_connected;
+                    v.peers_unreachable = s.peers_unreachable;
                     v.diverged = divergence.diverged.contains(&i);
                 }
                 if let Some((then, before)) = &st.prev[i] {

@@ -10,11 +10,25 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::{Action, ControlRequest, Ui, CONTROL_HEADER, PAGE};
+use crate::api_types::ErrorReply;
 use crate::config::ByzantineMode;
+
+/// `POST /api/nodes/{i}/byzantine`'s body: `{"mode":"MODE"}` or `{"mode":"honest"}`.
+#[derive(Deserialize)]
+struct ModeRequest {
+    mode: String,
+}
+
+/// A control's answer: the timeline entry it made.
+#[derive(Serialize)]
+struct ControlReply {
+    ok: bool,
+    text: String,
+}
 
 impl Ui {
     /// The page and its JSON routes.
@@ -54,13 +68,13 @@ async fn page() -> Html<&'static str> {
 async fn api_state(State(ui): State<Arc<Ui>>) -> Response {
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(ui.state_json()),
+        Json(ui.state()),
     )
         .into_response()
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+    (status, Json(ErrorReply::new(msg))).into_response()
 }
 
 /// `POST /api/nodes/{i}/{kill|restart|partition|heal|byzantine}`; `byzantine` takes
@@ -94,16 +108,15 @@ async fn api_control(
         "partition" => Action::Partition,
         "heal" => Action::Heal,
         "byzantine" => {
-            let mode = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["mode"].as_str().map(str::to_string))
+            let mode = serde_json::from_slice::<ModeRequest>(&body)
+                .map(|m| m.mode)
                 .unwrap_or_default();
             if mode == "honest" {
                 Action::Byzantine(None)
             } else {
-                match serde_json::from_value::<ByzantineMode>(Value::String(mode.clone())) {
-                    Ok(m) => Action::Byzantine(Some(m)),
-                    Err(_) => {
+                match ByzantineMode::ALL.iter().find(|m| m.name() == mode) {
+                    Some(&m) => Action::Byzantine(Some(m)),
+                    None => {
                         return error(
                             StatusCode::BAD_REQUEST,
                             format!("mode {mode:?} is not honest or one of the six modes"),
@@ -131,7 +144,7 @@ async fn api_control(
     match tokio::time::timeout(Duration::from_secs(30), rx).await {
         Ok(Ok(Ok(text))) => {
             ui.event("action", Some(id), text.clone());
-            Json(json!({ "ok": true, "text": text })).into_response()
+            Json(ControlReply { ok: true, text }).into_response()
         }
         Ok(Ok(Err(e))) => {
             ui.event("action", Some(id), format!("{name} node {id} failed: {e}"));

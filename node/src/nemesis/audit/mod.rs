@@ -8,8 +8,8 @@ mod replay;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use crate::api_types::StatusReply;
+use crate::client::wire::{self, Answer};
 use crate::config::ClusterConfig;
 use crate::ledger::Block;
 pub use reads::{check_reads, ReadFindings};
@@ -57,10 +57,8 @@ fn summarize(problems: &[String]) -> String {
     s
 }
 
-async fn get_json(http: &reqwest::Client, url: String, timeout: Duration) -> Option<(u16, Value)> {
-    let resp = http.get(url).timeout(timeout).send().await.ok()?;
-    let code = resp.status().as_u16();
-    Some((code, resp.json().await.unwrap_or(Value::Null)))
+async fn get(http: &reqwest::Client, url: String, timeout: Duration) -> Option<Answer> {
+    wire::send(http.get(url).timeout(timeout)).await.ok()
 }
 
 /// Every node's `(height, head hash)`, None for a node that does not answer.
@@ -68,12 +66,10 @@ pub async fn heads(cluster: &ClusterConfig, http: &reqwest::Client) -> Vec<Optio
     let mut out = Vec::new();
     for node in &cluster.nodes {
         let url = format!("http://{}/v1/status", node.api);
-        let head = match get_json(http, url, Duration::from_secs(2)).await {
-            Some((200, v)) => v["height"]
-                .as_u64()
-                .zip(v["head_hash"].as_str().map(str::to_string)),
-            _ => None,
-        };
+        let head = get(http, url, Duration::from_secs(2))
+            .await
+            .and_then(|a| a.json_if::<StatusReply>(200))
+            .map(|s| (s.height, hex::encode(s.head_hash)));
         out.push(head);
     }
     out
@@ -156,7 +152,7 @@ pub async fn scan_node(
             let (http, h) = (http.clone(), next);
             tasks.spawn(async move {
                 let url = format!("http://{api}/v1/blocks/{h}");
-                (h, get_json(&http, url, Duration::from_secs(10)).await)
+                (h, get(&http, url, Duration::from_secs(10)).await)
             });
             next += 1;
         }
@@ -165,7 +161,7 @@ pub async fn scan_node(
         };
         let Ok((h, answer)) = res else { continue };
         match answer {
-            Some((200, v)) => match serde_json::from_value::<Block>(v) {
+            Some(a) if a.code == 200 => match serde_json::from_slice::<Block>(&a.body) {
                 Ok(b) if b.height == h => {
                     out.blocks.insert(h, b);
                 }
@@ -174,8 +170,10 @@ pub async fn scan_node(
                     .push(format!("height {h}: block claims height {}", b.height)),
                 Err(e) => out.errors.push(format!("height {h}: {e}")),
             },
-            Some((404, _)) => out.missing.push(h),
-            Some((code, v)) => out.errors.push(format!("height {h}: {code} {v}")),
+            Some(a) if a.code == 404 => out.missing.push(h),
+            Some(a) => out
+                .errors
+                .push(format!("height {h}: {} {}", a.code, a.error_text())),
             None => out.errors.push(format!("height {h}: no answer")),
         }
     }
