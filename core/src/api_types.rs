@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Protocol;
 use crate::ledger::{hexser, Block, Hash, TxOutcome, TxRecord};
+pub use crate::reply::{BatchEntry, EntryResult};
 use crate::reply::{ReadReply, ReadValue};
 
 /// `{"error":"<sentence>"}`: what every route answers when it refuses or fails.
@@ -84,24 +85,6 @@ impl CommittedReply {
             &self.signature,
         )
     }
-}
-
-/// What became of one transaction of a batch: applied with its outcome, or refused because its
-/// seq is stale (docs/SPEC.md: height 0, `{"rejected":"<why>"}`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum EntryResult {
-    Applied(TxOutcome),
-    Rejected { rejected: String },
-}
-
-/// One entry of a batch reply's `results`; also what [`crate::reply::sign_batch`] signs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchEntry {
-    pub height: u64,
-    pub result: EntryResult,
-    #[serde(with = "hexser")]
-    pub tx_hash: Hash,
 }
 
 /// `POST /v1/txs` (200): every transaction's entry in request order, signed once.

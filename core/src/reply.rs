@@ -8,7 +8,9 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::ledger::TxOutcome;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{hexser, Hash, TxOutcome};
 
 const DOMAIN: &[u8] = b"faultline-reply-v1";
 
@@ -46,14 +48,29 @@ pub fn verify(
 
 const BATCH_DOMAIN: &[u8] = b"faultline-batch-reply-v1";
 
-/// One entry of a `POST /v1/txs` reply, as signed and as sent.
-pub use crate::api_types::BatchEntry as BatchResult;
+/// What became of one transaction of a batch: applied with its outcome, or refused because its
+/// seq is stale (docs/SPEC.md: height 0, `{"rejected":"<why>"}`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EntryResult {
+    Applied(TxOutcome),
+    Rejected { rejected: String },
+}
+
+/// One entry of a batch reply's `results`, as signed ([`sign_batch`]) and as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchEntry {
+    pub height: u64,
+    pub result: EntryResult,
+    #[serde(with = "hexser")]
+    pub tx_hash: Hash,
+}
 
 /// The bytes a node signs once for a whole batch reply (docs/SPEC.md "HTTP API"):
 /// `b"faultline-batch-reply-v1"` ‖ count (u32 BE) ‖ per result: tx hash ‖ height (u64 BE) ‖
 /// result JSON length (u32 BE) ‖ result as compact JSON. One signature per request instead of
 /// one per transaction: signing was a visible share of a saturated node's CPU.
-pub fn batch_signing_bytes(results: &[BatchResult]) -> Vec<u8> {
+pub fn batch_signing_bytes(results: &[BatchEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(BATCH_DOMAIN.len() + 4 + results.len() * 50);
     out.extend_from_slice(BATCH_DOMAIN);
     out.extend_from_slice(
@@ -71,12 +88,12 @@ pub fn batch_signing_bytes(results: &[BatchResult]) -> Vec<u8> {
     out
 }
 
-pub fn sign_batch(key: &SigningKey, results: &[BatchResult]) -> [u8; 64] {
+pub fn sign_batch(key: &SigningKey, results: &[BatchEntry]) -> [u8; 64] {
     key.sign(&batch_signing_bytes(results)).to_bytes()
 }
 
 /// Whether `sig` is `node_key`'s signature over the batch reply.
-pub fn verify_batch(node_key: &[u8; 32], results: &[BatchResult], sig: &[u8; 64]) -> bool {
+pub fn verify_batch(node_key: &[u8; 32], results: &[BatchEntry], sig: &[u8; 64]) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(node_key) else {
         return false;
     };
@@ -191,7 +208,6 @@ pub struct ReadReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api_types::EntryResult;
 
     #[test]
     fn a_reply_verifies_only_with_the_signer_and_the_same_contents() {
@@ -217,12 +233,12 @@ mod tests {
         let key = SigningKey::from_bytes(&[3u8; 32]);
         let pk = key.verifying_key().to_bytes();
         let results = vec![
-            BatchResult {
+            BatchEntry {
                 tx_hash: [1; 32],
                 height: 5,
                 result: EntryResult::Applied(TxOutcome::Ok),
             },
-            BatchResult {
+            BatchEntry {
                 tx_hash: [2; 32],
                 height: 5,
                 result: EntryResult::Applied(TxOutcome::Error("insufficient funds".into())),
