@@ -36,11 +36,13 @@ pub enum MessageKind {
     BatchRequest,
     /// [`Payload::Batch`](crate::Payload::Batch).
     Batch,
+    /// [`Payload::Status`](crate::Payload::Status).
+    Status,
 }
 
 impl MessageKind {
     /// Every kind, indexed by the `Payload` variant index that starts an encoded payload.
-    pub const ALL: [MessageKind; 12] = [
+    pub const ALL: [MessageKind; 13] = [
         MessageKind::Request,
         MessageKind::PrePrepare,
         MessageKind::Prepare,
@@ -53,6 +55,7 @@ impl MessageKind {
         MessageKind::Proposal,
         MessageKind::BatchRequest,
         MessageKind::Batch,
+        MessageKind::Status,
     ];
 
     /// The snake_case metric label.
@@ -69,6 +72,7 @@ impl MessageKind {
             MessageKind::StateResponse => "state_response",
             MessageKind::BatchRequest => "batch_request",
             MessageKind::Batch => "batch",
+            MessageKind::Status => "status",
         }
     }
 

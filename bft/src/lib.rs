@@ -45,7 +45,7 @@ pub use message::{
     decode_and_verify, decode_payload, decode_signed, encode_payload, sign, sign_message, Batch,
     BatchRequest, Checkpoint, Commit, CommitCertificate, CommittedBatch, NewView, Payload,
     PrePrepare, Prepare, PreparedProof, Proposal, Request, SignedMessage, StateRequest,
-    StateResponse, ViewChange,
+    StateResponse, StatusReport, ViewChange,
 };
 pub use reject::{RejectReason, Rejected};
 pub use replica::{Replica, MAX_REQUEST_BYTES};

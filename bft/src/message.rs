@@ -165,6 +165,19 @@ pub struct StateRequest {
     pub to_seq: u64,
 }
 
+/// Where a replica stands, multicast while it makes no progress, so that a replica that missed
+/// the last commits or checkpoints learns it is behind although no further traffic comes (the
+/// status messages of Castro & Liskov, TOCS §5.2, reduced to what a lagging replica acts on).
+/// A replica fetches up to the (f+1)-th highest height claimed by others, which at least one
+/// correct replica has executed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The signer.
+    pub replica: NodeId,
+    /// The highest seq it has executed.
+    pub executed: u64,
+}
+
 /// Proof that `(view, seq, digest)` committed: signatures of distinct replicas over the
 /// canonical COMMIT payload for that replica (checked by `CommitCertificate::verify`). Stored
 /// with every block, so a ledger can be audited offline.
@@ -281,6 +294,9 @@ pub enum Payload {
     BatchRequest(BatchRequest),
     /// A batch body by digest.
     Batch(Batch),
+    /// An idle replica's executed height (TOCS §5.2 status). Last, so that the indices of
+    /// the other variants on the wire stay as they were.
+    Status(StatusReport),
 }
 
 impl Payload {
@@ -299,6 +315,7 @@ impl Payload {
             Payload::Proposal(m) => m.replica,
             Payload::BatchRequest(m) => m.replica,
             Payload::Batch(m) => m.replica,
+            Payload::Status(m) => m.replica,
         }
     }
 
@@ -317,6 +334,7 @@ impl Payload {
             Payload::Proposal(_) => MessageKind::Proposal,
             Payload::BatchRequest(_) => MessageKind::BatchRequest,
             Payload::Batch(_) => MessageKind::Batch,
+            Payload::Status(_) => MessageKind::Status,
         }
     }
 }
@@ -557,6 +575,10 @@ mod tests {
                 digest: [1; 32],
                 requests: Vec::new(),
             }),
+            Payload::Status(StatusReport {
+                replica: 1,
+                executed: 3,
+            }),
         ]
     }
 
@@ -590,13 +612,14 @@ mod tests {
                 "pre_prepare",
                 "batch_request",
                 "batch",
+                "status",
             ]
         );
         assert_eq!(MessageKind::of_wire(&[]), None);
         assert_eq!(MessageKind::of_wire(&[0xff]), None);
         // A payload whose variant index names no kind.
         let unknown = SignedMessage {
-            payload: vec![12, 0],
+            payload: vec![13, 0],
             signature: Signature64([0; 64]),
         };
         assert_eq!(MessageKind::of_wire(&unknown.to_wire()), None);

@@ -893,3 +893,71 @@ fn a_lagging_replica_fetches_each_batch_once_however_many_checkpoints_it_sees() 
     let again: Vec<(u64, usize)> = served.into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(again.is_empty(), "batches served more than once: {again:?}");
 }
+
+/// A replica cut off while the last batches commit, after which the clients fall silent: no
+/// later pre-prepare, commit or checkpoint will ever tell it that it is behind. Its idle
+/// peers' STATUS does (TOCS §5.2), and it fetches the batches with their certificates. The
+/// real network does this to a replica killed or stopped at the end of a nemesis run.
+#[test]
+fn a_replica_that_missed_the_last_commits_catches_up_from_idle_peers_status() {
+    let mut c = Cluster::new(4);
+    c.partition(3);
+    // Fewer than a checkpoint interval (4): no CHECKPOINT will say anything either.
+    for r in Cluster::reqs("last", 3) {
+        c.submit(0, &r).unwrap();
+    }
+    c.run_ticks(1);
+    let executed = c.committed(0).iter().map(|b| b.0).max().unwrap();
+    assert!(executed < 4, "no checkpoint: executed {executed}");
+    assert_eq!(c.committed(1), c.committed(0));
+    assert_eq!(c.committed(2), c.committed(0));
+    assert!(c.committed(3).is_empty());
+    c.heal();
+    c.run_until(40, |c| c.committed(3).len() == c.committed(0).len());
+    assert_eq!(c.committed(3), c.committed(0), "replica 3 caught up");
+    assert!(c.sent.get("status").copied().unwrap_or(0) >= 1);
+    assert!(c.sent.get("state_request").copied().unwrap_or(0) >= 1);
+    // No view change was needed: the primary did nothing wrong.
+    for id in 0..4 {
+        assert_eq!(c.r(id).status().view, 0, "replica {id}");
+    }
+    // Once everyone is level, STATUS costs no state transfer.
+    let fetches = c.sent.get("state_request").copied().unwrap_or(0);
+    c.run_ticks(50);
+    assert_eq!(c.sent.get("state_request").copied().unwrap_or(0), fetches);
+}
+
+/// f false claims of progress are not enough to make a replica fetch: it needs f+1 STATUS
+/// messages claiming at least a height before it asks for it (one of them is correct).
+#[test]
+fn a_replica_fetches_only_what_f_plus_one_peers_claim_to_have_executed() {
+    let mut c = Cluster::new(4);
+    c.make_byzantine(1);
+    c.make_byzantine(2);
+    let status = |from: u64, executed: u64| {
+        sign(
+            &Payload::Status(StatusReport {
+                replica: from,
+                executed,
+            }),
+            &key(from),
+        )
+    };
+    c.inject(1, 3, status(1, 100));
+    c.run();
+    assert_eq!(c.sent.get("state_request").copied().unwrap_or(0), 0);
+    // A second claim, of a lower height: the (f+1)-th highest claim is 7.
+    c.inject(2, 3, status(2, 7));
+    c.run();
+    let asks: Vec<StateRequest> = c
+        .captured
+        .iter()
+        .filter(|e| e.kind == "state_request")
+        .map(|e| match payload(&e.bytes) {
+            Payload::StateRequest(r) => r,
+            other => panic!("not a state request: {other:?}"),
+        })
+        .collect();
+    assert_eq!(asks.len(), 1, "{asks:?}");
+    assert_eq!((asks[0].from_seq, asks[0].to_seq), (1, 7));
+}

@@ -7,7 +7,7 @@ use crate::config::NodeId;
 use crate::kind::MessageKind;
 use crate::message::{
     decode_payload, encode, Checkpoint, CommittedBatch, Payload, SignedMessage, StateRequest,
-    StateResponse,
+    StateResponse, StatusReport,
 };
 use crate::persist::{self, seq_key};
 use crate::reject::RejectReason;
@@ -276,5 +276,52 @@ impl<A: App> Replica<A> {
             ticks_left: self.cfg.request_timeout_ticks,
         });
         self.send_fetch();
+    }
+
+    /// Every half request timeout: if nothing executed since the last time, multicast our
+    /// executed height (TOCS §5.2 status). Nothing else tells a replica that missed the last
+    /// commits or checkpoints before the clients fell silent that it is behind; under load no
+    /// STATUS is sent, so the normal case keeps its message count.
+    pub(super) fn send_status_if_idle(&mut self) {
+        if !self.status_timer.is_running() {
+            self.status_timer
+                .start((self.cfg.request_timeout_ticks / 2).max(1));
+        }
+        if !self.status_timer.tick() {
+            return;
+        }
+        if self.last_executed == self.executed_at_status {
+            let m = self.sign(&Payload::Status(StatusReport {
+                replica: self.me,
+                executed: self.last_executed,
+            }));
+            self.broadcast(MessageKind::Status, &m);
+        }
+        self.executed_at_status = self.last_executed;
+    }
+
+    /// A peer claims to have executed beyond us. f+1 such claims include a correct replica's,
+    /// so we fetch up to the (f+1)-th highest claim from the replicas that made claims at least
+    /// that high; every batch fetched carries its commit certificate, so a false claim costs
+    /// at most an unanswered fetch.
+    pub(super) fn on_status(&mut self, s: StatusReport) -> Result<(), RejectReason> {
+        let claim = self.peer_executed.entry(s.replica).or_insert(0);
+        *claim = (*claim).max(s.executed);
+        let mut claims: Vec<u64> = self.peer_executed.values().copied().collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&target) = claims.get(self.f) else {
+            return Ok(());
+        };
+        if target <= self.last_executed {
+            return Ok(());
+        }
+        let peers: Vec<NodeId> = self
+            .peer_executed
+            .iter()
+            .filter(|(_, e)| **e >= target)
+            .map(|(p, _)| *p)
+            .collect();
+        self.start_fetch(target, peers, 0);
+        Ok(())
     }
 }

@@ -103,6 +103,12 @@ pub struct Replica<A: App> {
     fetch: Option<FetchState>,
     /// Ticks without execution while the log holds pre-prepared seqs above `last_executed`.
     stall_ticks: u32,
+    /// The highest executed seq each peer claimed in a STATUS (see `on_status`).
+    peer_executed: BTreeMap<NodeId, u64>,
+    /// Runs every half request timeout; when it fires without execution since the last time,
+    /// we multicast STATUS.
+    status_timer: Timer,
+    executed_at_status: u64,
     persisted_seqs: BTreeSet<u64>,
 
     cache: VerifyCache,
@@ -151,6 +157,9 @@ impl<A: App> Replica<A> {
             future: VecDeque::new(),
             fetch: None,
             stall_ticks: 0,
+            peer_executed: BTreeMap::new(),
+            status_timer: Timer::default(),
+            executed_at_status: 0,
             persisted_seqs: BTreeSet::new(),
             cache: VerifyCache::new(VERIFY_CACHE),
             rejections: BTreeMap::new(),
@@ -303,6 +312,7 @@ impl<A: App> Replica<A> {
         self.retry_fetch();
         self.retry_missing_bodies();
         self.detect_stall();
+        self.send_status_if_idle();
     }
 
     /// Handles one wire message from peer `from`. Every check a peer could fail is a counted
@@ -334,6 +344,12 @@ impl<A: App> Replica<A> {
         let relayed = matches!(p, Payload::NewView(_));
         if (signer != from && !relayed) || from == self.me {
             return Err(RejectReason::WrongSender);
+        }
+        // A STATUS that claims no more than we executed tells us nothing: it is dropped before
+        // the signature check and not counted as a rejection (idle replicas send them to each
+        // other all the time).
+        if matches!(&p, Payload::Status(s) if s.executed <= self.last_executed) {
+            return Ok(());
         }
         // Cheap protocol checks before the expensive signature check.
         let buffer = match self.precheck(&p) {
@@ -375,6 +391,7 @@ impl<A: App> Replica<A> {
             Payload::NewView(nv) => self.on_new_view(m, nv),
             Payload::StateRequest(r) => self.on_state_request(r),
             Payload::StateResponse(r) => self.on_state_response(r),
+            Payload::Status(s) => self.on_status(s),
         }
     }
 
@@ -471,6 +488,7 @@ impl<A: App> Replica<A> {
                     Ok(false)
                 }
             }
+            Payload::Status(_) => Ok(false),
             Payload::StateResponse(_) => {
                 if self.fetch.is_none() {
                     Err(RejectReason::Unsolicited)
