@@ -5,7 +5,6 @@
 
 use super::checker::Violation;
 use super::{Sim, SimError, SimReport};
-use crate::config::Protocol;
 use crate::engine::NodeId;
 use crate::ledger::Op;
 use crate::store::Store;
@@ -107,15 +106,14 @@ impl Sim {
                 }
             }
         }
-        // What each protocol owes its clients once faults stop: raft, a majority of nodes on the
-        // newest head; pbft, f+1 correct replicas on it (a client's f+1 matching replies) —
-        // a replica that missed commits catches up at the next checkpoint (state transfer).
+        // Once faults stop, every correct node reaches the newest head: Raft's leader repairs
+        // followers with its heartbeats; a PBFT replica that missed the last commits or
+        // checkpoints learns from its idle peers' STATUS that it is behind and fetches the
+        // batches. (This used to ask only f+1 PBFT replicas on the newest head, and so passed
+        // runs in which the real network, which loses messages to a peer that is away, left a
+        // replica behind for good.)
         let newest = heads.iter().map(|(_, h, _)| h.height).max().unwrap_or(0);
         let on_newest = heads.iter().filter(|(_, h, _)| h.height == newest).count();
-        let owed = match self.cfg.protocol {
-            Protocol::Raft => self.cfg.nodes / 2 + 1,
-            Protocol::Pbft => self.cluster.f + 1,
-        };
         let spread: Vec<String> = heads
             .iter()
             .map(|(i, h, st)| {
@@ -123,16 +121,11 @@ impl Sim {
                 format!("{i}:{}({} {epoch})", h.height, st.role)
             })
             .collect();
-        if self.report.heal_commits == 0 || on_newest < owed {
+        if self.report.heal_commits == 0 || on_newest < heads.len() {
             self.report.live = false;
             self.report.detail = Some(format!(
                 "after the faults stopped: {} new blocks; heads {}",
                 self.report.heal_commits,
-                spread.join(" ")
-            ));
-        } else if on_newest < heads.len() {
-            self.report.detail = Some(format!(
-                "lagging replicas (catch up at the next checkpoint): heads {}",
                 spread.join(" ")
             ));
         }

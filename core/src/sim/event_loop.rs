@@ -6,7 +6,9 @@
 use std::cmp::Reverse;
 use std::sync::Arc;
 
-use super::{sim_node_key, sim_timing, Sim, SimError, SimReport, CLIENT_INTERVAL_US, TICK_US};
+use super::{
+    sim_node_key, sim_timing, Phases, Sim, SimError, SimReport, CLIENT_INTERVAL_US, TICK_US,
+};
 use crate::config::{Batching, Protocol};
 use crate::engine::{self, NodeId};
 use crate::setup::{open_engine, EngineSetup};
@@ -56,11 +58,11 @@ impl Sim {
     /// [`Sim::run`], also handing back the stores of the correct nodes still running at the end
     /// (for audits in tests).
     pub fn run_with_stores(mut self) -> Result<(SimReport, Vec<Store>), SimError> {
-        let heal_at = self.cfg.steps * TICK_US;
-        let heal_ticks = self.cfg.heal_ticks.max(3);
-        let quiet_ticks = heal_ticks / 3;
-        let quiet_at = heal_at + (heal_ticks - quiet_ticks) * TICK_US;
-        let end = heal_at + heal_ticks * TICK_US;
+        let Phases {
+            quiet: quiet_at,
+            end,
+            ..
+        } = Phases::of(&self.cfg);
         let mut height_at_heal = 0;
         while let Some(Reverse(ev)) = self.queue.pop() {
             if ev.at > end {

@@ -259,6 +259,40 @@ pub fn sim_cluster(
     })
 }
 
+/// When a run's phases begin, in simulated µs: faults until `heal`, clients until `quiet`,
+/// then quiet until `end`.
+pub(super) struct Phases {
+    pub heal: u64,
+    pub quiet: u64,
+    pub end: u64,
+}
+
+/// How long the away node of a faulty run misses every message before the clients stop.
+const AWAY_TICKS: u64 = 50;
+
+impl Phases {
+    pub fn of(cfg: &SimConfig) -> Phases {
+        let heal = cfg.steps * TICK_US;
+        let heal_ticks = cfg.heal_ticks.max(3);
+        let quiet_ticks = heal_ticks / 3;
+        Phases {
+            heal,
+            quiet: heal + (heal_ticks - quiet_ticks) * TICK_US,
+            end: heal + heal_ticks * TICK_US,
+        }
+    }
+
+    /// The stretch just before the clients stop in which one correct node of a faulty run is
+    /// away. On the real network a node killed or stopped at the end of the faults misses what
+    /// is sent to it meanwhile (its peers' queues overflow, a dead stream loses a batch), and
+    /// then the clients fall silent: the last commits and checkpoints never reach it. Only
+    /// STATUS tells such a PBFT replica that it is behind; without this stretch the simulator
+    /// passed runs in which a real replica stayed behind for good.
+    pub fn away(&self) -> std::ops::Range<u64> {
+        self.quiet.saturating_sub(AWAY_TICKS * TICK_US)..self.quiet
+    }
+}
+
 /// The simulated world.
 pub struct Sim {
     cfg: SimConfig,
@@ -272,6 +306,9 @@ pub struct Sim {
     checker: Checker,
     /// Partition side per node (None = no partition).
     sides: Option<Vec<u8>>,
+    /// A correct node that is away just before the clients stop (see [`Phases::away`]):
+    /// every message to or from it in that stretch is lost.
+    away: Option<(NodeId, std::ops::Range<u64>)>,
     faults_on: bool,
     clients_on: bool,
     report: SimReport,
@@ -346,8 +383,19 @@ impl Sim {
                 route: crate::client_protocol::Route::new(&cluster, (c % cfg.nodes) as NodeId),
             })
             .collect();
+        let away = if cfg.crash || cfg.partition || cfg.drop > 0.0 {
+            let correct: Vec<NodeId> = (0..cfg.nodes as NodeId)
+                .filter(|i| !cfg.byzantine.iter().any(|b| b.node == *i))
+                .collect();
+            correct
+                .get((cfg.seed % correct.len().max(1) as u64) as usize)
+                .map(|id| (*id, Phases::of(&cfg).away()))
+        } else {
+            None
+        };
         let mut sim = Sim {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            away,
             cfg,
             cluster,
             now: 0,
@@ -375,7 +423,7 @@ impl Sim {
         if sim.cfg.crash || sim.cfg.partition {
             sim.schedule(100 * TICK_US, Event::Chaos);
         }
-        sim.schedule(sim.cfg.steps * TICK_US, Event::Heal);
+        sim.schedule(Phases::of(&sim.cfg).heal, Event::Heal);
         Ok(sim)
     }
 

@@ -38,6 +38,11 @@ impl Sim {
                 return;
             }
         }
+        if let Some((node, during)) = &self.away {
+            if (*node == m.to || *node == from) && during.contains(&self.now) {
+                return;
+            }
+        }
         let copies = if self.chance(drop / 2.0) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = 300 + self.below(2_700);
