@@ -149,8 +149,11 @@ pub trait Engine: Send {
     /// The blocks a committed `Step` appended (checkpoints, compaction).
     fn applied(&mut self, blocks: &[AppliedBlock], store: &Store) -> Result<(), EngineError>;
     fn status(&self) -> EngineStatus;
-    /// Number of leader (raft) or view (pbft) changes this node has seen.
-    fn leader_changes(&self) -> u64;
+    /// How often leadership moved, as this node saw it: Raft, leaders it saw elected; PBFT,
+    /// views it entered (each names a new primary). Reported under the protocol's own name
+    /// (`faultline_leader_changes_total` / `faultline_view_changes_total`, the simulator's
+    /// `leader_changes` / `view_changes`).
+    fn leadership_changes(&self) -> u64;
 
     /// The snake_case protocol name of an inbound message, for the per-type receive counters
     /// (the transport sees opaque bytes). Engines that cannot tell say "unknown".

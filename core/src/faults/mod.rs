@@ -17,8 +17,8 @@ macro_rules! passthrough_engine_methods {
             self.inner.status()
         }
 
-        fn leader_changes(&self) -> u64 {
-            self.inner.leader_changes()
+        fn leadership_changes(&self) -> u64 {
+            self.inner.leadership_changes()
         }
 
         fn message_kind(&self, bytes: &[u8]) -> &'static str {

@@ -180,12 +180,20 @@ impl Sim {
             store.base().ok()
         };
         let ready_reads = engine.ready_reads();
-        let lc = engine.leader_changes();
+        let changes = engine.leadership_changes();
         if !ready_reads.is_empty() {
             self.answer_ordered_reads(id, &ready_reads)?;
         }
         if self.is_correct(id) {
-            self.report.leader_changes = self.report.leader_changes.max(lc);
+            for seen in [
+                &mut self.report.leader_changes,
+                &mut self.report.view_changes,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *seen = (*seen).max(changes);
+            }
             if let Some(base) = installed.filter(|b| b.height > 0) {
                 self.checker.installed(id, base.height, base.hash);
             }

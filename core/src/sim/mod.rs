@@ -99,8 +99,12 @@ pub struct SimReport {
     pub messages: u64,
     pub bytes: u64,
     pub messages_by_type: BTreeMap<&'static str, u64>,
-    /// Most leader (raft) or view (pbft) changes seen by one correct node.
-    pub leader_changes: u64,
+    /// Raft: the most leader elections one correct node saw (None for PBFT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_changes: Option<u64>,
+    /// PBFT: the most views one correct replica entered (None for Raft).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_changes: Option<u64>,
     pub crashes: u64,
     /// PBFT client reads decided (by 2f+1 matching replies or ordered) and checked against the
     /// correct replicas' ledger.
@@ -158,12 +162,20 @@ impl SimReport {
         }
     }
 
+    /// `leader_changes=N` (raft) or `view_changes=N` (pbft).
+    fn leadership(&self) -> String {
+        match (self.leader_changes, self.view_changes) {
+            (Some(n), _) => format!("leader_changes={n}"),
+            (None, n) => format!("view_changes={}", n.unwrap_or(0)),
+        }
+    }
+
     /// The one-line human form `faultline sim` prints per seed.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "seed={} protocol={} nodes={} height={} acked_txs={} msgs={} bytes={} leader_changes={} crashes={} partitions={} heal_commits={} verdict={}",
+            "seed={} protocol={} nodes={} height={} acked_txs={} msgs={} bytes={} {} crashes={} partitions={} heal_commits={} verdict={}",
             self.seed, self.protocol, self.nodes, self.height, self.acked_txs, self.messages,
-            self.bytes, self.leader_changes, self.crashes, self.partitions, self.heal_commits,
+            self.bytes, self.leadership(), self.crashes, self.partitions, self.heal_commits,
             self.verdict()
         );
         if let Some(h) = self.first_diverging_height {
@@ -353,7 +365,8 @@ impl Sim {
             messages: 0,
             bytes: 0,
             messages_by_type: BTreeMap::new(),
-            leader_changes: 0,
+            leader_changes: (cfg.protocol == Protocol::Raft).then_some(0),
+            view_changes: (cfg.protocol == Protocol::Pbft).then_some(0),
             crashes: 0,
             reads: 0,
             partitions: 0,

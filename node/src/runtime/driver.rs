@@ -40,7 +40,7 @@ struct State {
     pending: HashMap<[u8; 32], Pending>,
     reads: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
     next_read: u64,
-    leader_changes_seen: u64,
+    leadership_changes_seen: u64,
     /// Since when this node has seen fewer connected peers than a quorum needs (logged once
     /// after a grace period, so that startup and a peer's restart are not noise).
     below_quorum_since: Option<Instant>,
@@ -58,7 +58,7 @@ impl Driver {
             pending: HashMap::new(),
             reads: HashMap::new(),
             next_read: 1,
-            leader_changes_seen: self.engine.leader_changes(),
+            leadership_changes_seen: self.engine.leadership_changes(),
             below_quorum_since: None,
             below_quorum_logged: false,
         };
@@ -238,14 +238,14 @@ impl Driver {
         if let Some(v) = status.view {
             m.view.set(v as i64);
         }
-        let changes = self.engine.leader_changes();
-        if changes > st.leader_changes_seen {
-            let delta = changes - st.leader_changes_seen;
+        let changes = self.engine.leadership_changes();
+        if changes > st.leadership_changes_seen {
+            let delta = changes - st.leadership_changes_seen;
             match self.engine.protocol() {
                 crate::config::Protocol::Raft => m.leader_changes.inc_by(delta),
                 crate::config::Protocol::Pbft => m.view_changes.inc_by(delta),
             };
-            st.leader_changes_seen = changes;
+            st.leadership_changes_seen = changes;
         }
         m.peers_connected.set(peers as i64);
         self.watch_quorum(st, peers);

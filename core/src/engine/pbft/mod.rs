@@ -404,7 +404,7 @@ impl Engine for PbftEngine {
         }
     }
 
-    fn leader_changes(&self) -> u64 {
+    fn leadership_changes(&self) -> u64 {
         self.view_changes
     }
 

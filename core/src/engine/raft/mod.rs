@@ -413,7 +413,7 @@ impl Engine for RaftEngine {
         }
     }
 
-    fn leader_changes(&self) -> u64 {
+    fn leadership_changes(&self) -> u64 {
         self.leader_changes
     }
 
