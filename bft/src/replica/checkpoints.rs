@@ -113,6 +113,7 @@ impl<A: App> Replica<A> {
     /// same batches again — a replica reconnecting after a long absence learns of checkpoint
     /// after checkpoint while it catches up, and each one used to start another.
     pub(super) fn start_fetch(&mut self, to_seq: u64, peers: Vec<NodeId>, next_peer: usize) {
+        self.drop_finished_fetch();
         if let Some(fs) = &mut self.fetch {
             if to_seq > fs.to_seq {
                 fs.to_seq = to_seq;
@@ -134,6 +135,7 @@ impl<A: App> Replica<A> {
     /// A fetch whose peer has not answered within a request timeout asks the next one; after
     /// three rounds over all of them it gives up (a later checkpoint or stall starts anew).
     pub(super) fn retry_fetch(&mut self) {
+        self.drop_finished_fetch();
         if let Some(fs) = &mut self.fetch {
             if fs.ticks_left <= 1 {
                 fs.next_peer += 1;
@@ -146,6 +148,20 @@ impl<A: App> Replica<A> {
             } else {
                 fs.ticks_left -= 1;
             }
+        }
+    }
+
+    /// A fetch whose target we executed by other means (the normal case caught up, or another
+    /// reply) is over. Left in place it would ask for `from > to` — refused as malformed — and
+    /// a later, higher target would only be noted on it, waiting a request timeout per peer
+    /// before anything is asked.
+    fn drop_finished_fetch(&mut self) {
+        if self
+            .fetch
+            .as_ref()
+            .is_some_and(|fs| fs.to_seq <= self.last_executed)
+        {
+            self.fetch = None;
         }
     }
 
@@ -210,6 +226,7 @@ impl<A: App> Replica<A> {
     pub(super) fn on_state_response(&mut self, r: StateResponse) -> Result<(), RejectReason> {
         let mut result = Ok(());
         let before = self.last_executed;
+        let from = r.replica;
         for b in r.batches {
             if b.seq <= self.last_executed {
                 continue;
@@ -234,6 +251,19 @@ impl<A: App> Replica<A> {
                 // elsewhere) asks nothing, so at most one chain of requests runs.
                 fs.ticks_left = self.cfg.request_timeout_ticks;
                 self.send_fetch();
+            } else if result.is_err()
+                && fs.peers.get(fs.next_peer % fs.peers.len().max(1)) == Some(&from)
+            {
+                // The peer we are waiting on answered with batches that do not check out (a
+                // Byzantine server): ask the next one now rather than after a request timeout,
+                // within the same bound on rounds as `retry_fetch`.
+                fs.next_peer += 1;
+                fs.ticks_left = self.cfg.request_timeout_ticks;
+                if fs.next_peer >= 3 * fs.peers.len().max(1) {
+                    self.fetch = None;
+                } else {
+                    self.send_fetch();
+                }
             }
         }
         self.try_execute();
@@ -321,7 +351,10 @@ impl<A: App> Replica<A> {
             .filter(|(_, e)| **e >= target)
             .map(|(p, _)| *p)
             .collect();
-        self.start_fetch(target, peers, 0);
+        // Start at a different claimant each time we fall behind, as `detect_stall` does, so a
+        // Byzantine one is not always asked first.
+        let start = (self.last_executed as usize) % peers.len().max(1);
+        self.start_fetch(target, peers, start);
         Ok(())
     }
 }
