@@ -138,16 +138,23 @@ impl<A: App> Replica<A> {
         self.drop_finished_fetch();
         if let Some(fs) = &mut self.fetch {
             if fs.ticks_left <= 1 {
-                fs.next_peer += 1;
-                fs.ticks_left = self.cfg.request_timeout_ticks;
-                if fs.next_peer >= 3 * fs.peers.len().max(1) {
-                    self.fetch = None;
-                } else {
-                    self.send_fetch();
-                }
+                self.fetch_from_next_peer();
             } else {
                 fs.ticks_left -= 1;
             }
+        }
+    }
+
+    /// Moves the fetch on to its next peer with a full timeout, or gives it up after three
+    /// rounds over all of them.
+    fn fetch_from_next_peer(&mut self) {
+        let Some(fs) = &mut self.fetch else { return };
+        fs.next_peer += 1;
+        fs.ticks_left = self.cfg.request_timeout_ticks;
+        if fs.next_peer >= 3 * fs.peers.len().max(1) {
+            self.fetch = None;
+        } else {
+            self.send_fetch();
         }
     }
 
@@ -255,15 +262,8 @@ impl<A: App> Replica<A> {
                 && fs.peers.get(fs.next_peer % fs.peers.len().max(1)) == Some(&from)
             {
                 // The peer we are waiting on answered with batches that do not check out (a
-                // Byzantine server): ask the next one now rather than after a request timeout,
-                // within the same bound on rounds as `retry_fetch`.
-                fs.next_peer += 1;
-                fs.ticks_left = self.cfg.request_timeout_ticks;
-                if fs.next_peer >= 3 * fs.peers.len().max(1) {
-                    self.fetch = None;
-                } else {
-                    self.send_fetch();
-                }
+                // Byzantine server): ask the next one now rather than after a request timeout.
+                self.fetch_from_next_peer();
             }
         }
         self.try_execute();
