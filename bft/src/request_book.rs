@@ -1,6 +1,6 @@
 //! Where each client request stands at this replica, kept by one owner.
 //!
-//! A request is known here by its hash. It can be:
+//! A request is known here by its hash, and is in exactly one [`Stage`]:
 //!
 //! - **queued**: at the primary, waiting to be cut into a batch (PBFT §4.2);
 //! - **ordered**: in a pre-prepare of the current view that has not executed. The primary
@@ -9,25 +9,20 @@
 //! - **waiting**: this replica received it from a client and waits for it to execute, so its
 //!   request timer watches it (§4.4). A backup relays it to the primary if the primary is slow
 //!   to order it (§4.1), and hands it to the next primary at a view change;
+//! - **ordered and waited for**: a backup that receives a request which is already ordered
+//!   (say re-issued in a NEW-VIEW) still waits for it, because a faulty primary can order a
+//!   request and then never let it commit (§4.4);
 //! - **executed**: executed recently. The replica remembers the hash (and only that, in bounded
-//!   memory) so that it never queues the request again.
+//!   memory) so that it never queues, orders or waits for the request again.
 //!
-//! Every change of state is a method here, named after the protocol event that causes it, so
-//! the replica never edits these sets by hand.
-//!
-//! These states may overlap. One overlap is intended: a backup that receives a request that is
-//! already *ordered* (say re-issued in a NEW-VIEW) also *waits* for it, because a faulty
-//! primary can order a request and then never let it commit (§4.4). The others come from
-//! events that move a request to a new state without taking it out of its old one:
-//!
-//! - executing a request does not take it out of the *queue*, so a primary that executes a
-//!   request it had queued (from a re-issued batch, or by state transfer) proposes it again;
-//! - a re-issued batch *orders* its requests even if they are *queued* (they are then proposed
-//!   a second time) or already *executed*.
-//!
-//! Both happen in ordinary simulated runs with crashes, partitions and drops, and removing them
-//! changes what the replicas order, so they are kept as they were. The unit tests below pin
-//! them down.
+//! Every change of stage is a method here, named after the protocol event that causes it, so
+//! the replica never edits these sets by hand, and each method moves a request out of its old
+//! stage as it moves it into the new one: executing a request takes it out of the queue (a
+//! primary does not propose again what a re-issued batch or state transfer executed), and a
+//! re-issued batch takes its requests out of the queue (they are not proposed twice) but
+//! leaves executed ones executed (nothing would ever execute them again, and a primary that
+//! counted them as ordered would suspect its own view). The property test at the bottom drives
+//! random sequences of events and checks after each that every hash is in one stage.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -35,6 +30,16 @@ use crate::arrivals::Arrivals;
 use crate::config::request_cost;
 
 type Hash = [u8; 32];
+
+/// Where one request stands (see the module docs); [`RequestBook::stage`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Queued,
+    Ordered,
+    Waiting,
+    OrderedAndWaiting,
+    Executed,
+}
 
 /// The requests this replica tracks and what stage each is in (see the module docs).
 #[derive(Clone, Debug)]
@@ -75,16 +80,24 @@ impl RequestBook {
 
     // ------------------------------------------------------------------ queries
 
-    pub(crate) fn is_ordered(&self, h: &Hash) -> bool {
-        self.ordered.contains_key(h)
-    }
-
-    pub(crate) fn is_waiting(&self, h: &Hash) -> bool {
-        self.waiting.contains_key(h)
+    /// The one stage `h` is in, if this replica knows of it.
+    pub(crate) fn stage(&self, h: &Hash) -> Option<Stage> {
+        if self.executed.contains(h) {
+            return Some(Stage::Executed);
+        }
+        if self.queued.contains_key(h) {
+            return Some(Stage::Queued);
+        }
+        match (self.ordered.contains_key(h), self.waiting.contains_key(h)) {
+            (true, true) => Some(Stage::OrderedAndWaiting),
+            (true, false) => Some(Stage::Ordered),
+            (false, true) => Some(Stage::Waiting),
+            (false, false) => None,
+        }
     }
 
     /// Queued, ordered or executed: the primary must not queue it (again).
-    pub(crate) fn is_known(&self, h: &Hash) -> bool {
+    fn is_known(&self, h: &Hash) -> bool {
         self.queued.contains_key(h) || self.ordered.contains_key(h) || self.executed.contains(h)
     }
 
@@ -122,11 +135,13 @@ impl RequestBook {
     // ------------------------------------------------------------------ transitions
 
     /// The primary received a request for a batch: queued, unless it is queued, ordered or
-    /// executed already. True if it was queued.
+    /// executed already (one it waited for is no longer waited for: the queue now holds it).
+    /// True if it was queued.
     pub(crate) fn enqueue(&mut self, h: Hash, request: Vec<u8>) -> bool {
         if self.is_known(&h) {
             return false;
         }
+        self.waiting.remove(&h);
         self.queued_bytes += request_cost(request.len());
         self.queued.insert(h, request);
         true
@@ -146,14 +161,30 @@ impl RequestBook {
         batch
     }
 
-    /// A pre-prepare of this view that carries the request was issued or accepted.
+    /// A pre-prepare of this view that carries the request was issued or accepted: a queued
+    /// request leaves the queue (a re-issued batch carries it, so it is not proposed again), a
+    /// waited-for one stays waited for, an executed one stays executed.
     pub(crate) fn order(&mut self, h: Hash, request: Vec<u8>) {
+        if self.executed.contains(&h) {
+            return;
+        }
+        self.unqueue(&h);
         self.ordered.insert(h, request);
     }
 
-    /// This replica waits for the request to execute (an ordered request keeps its place).
+    /// This replica waits for the request to execute (an ordered request stays ordered). One
+    /// that is queued here is already on its way, and one that executed has nothing to wait for.
     pub(crate) fn wait_for(&mut self, h: Hash, request: Vec<u8>) {
+        if self.queued.contains_key(&h) || self.executed.contains(&h) {
+            return;
+        }
         self.waiting.insert(h, request);
+    }
+
+    fn unqueue(&mut self, h: &Hash) {
+        if let Some(r) = self.queued.remove(h) {
+            self.queued_bytes -= request_cost(r.len());
+        }
     }
 
     /// A waiting request arrived at tick `now`: relay it if the primary has not ordered it
@@ -181,9 +212,10 @@ impl RequestBook {
         relay
     }
 
-    /// The request executed: no longer ordered nor waited for, and remembered as executed
-    /// (the oldest executed hash is forgotten past the cap). A queued copy stays queued.
+    /// The request executed: no longer queued, ordered nor waited for, and remembered as
+    /// executed (the oldest executed hash is forgotten past the cap).
     pub(crate) fn executed(&mut self, h: Hash) {
+        self.unqueue(&h);
         self.ordered.remove(&h);
         self.waiting.remove(&h);
         if self.executed.insert(h) {
@@ -205,9 +237,7 @@ impl RequestBook {
         orphans.extend(std::mem::take(&mut self.queued));
         self.queued_bytes = 0;
         for (h, r) in orphans {
-            if !self.executed.contains(&h) {
-                self.waiting.insert(h, r);
-            }
+            self.waiting.insert(h, r);
         }
     }
 
@@ -254,8 +284,8 @@ mod tests {
     fn stages(b: &RequestBook, h: &Hash) -> (bool, bool, bool, bool) {
         (
             b.queued.contains_key(h),
-            b.is_ordered(h),
-            b.is_waiting(h),
+            b.ordered.contains_key(h),
+            b.waiting.contains_key(h),
             b.was_executed(h),
         )
     }
@@ -339,9 +369,9 @@ mod tests {
         b.order(batch[0].0, batch[0].1.clone());
         b.order(h3, r3);
         b.wait_for(h4, r4);
-        // h5 is queued and then executed (say by state transfer): it stays queued.
+        // h5 is queued and then executed (say by state transfer): it leaves the queue.
         b.executed(h5);
-        assert_eq!(stages(&b, &h5), (true, false, false, true));
+        assert_eq!(stages(&b, &h5), (false, false, false, true));
         assert!(b.is_known(&h5));
         b.hand_back();
         // h4 waited already and keeps its place; the ordered come before the queued; the
@@ -388,18 +418,29 @@ mod tests {
     }
 
     #[test]
-    fn re_issued_batches_order_their_requests_whatever_their_stage() {
+    fn a_re_issued_batch_takes_its_requests_out_of_the_queue_and_leaves_executed_ones() {
         let mut b = RequestBook::new(16);
         let (h1, r1) = req(1);
         let (h2, r2) = req(2);
+        let (h3, r3) = req(3);
         b.enqueue(h1, r1.clone());
-        b.order(h1, r1.clone());
-        assert_eq!(stages(&b, &h1), (true, true, false, false));
-        // Still proposed: the queue is where batches come from.
-        assert_eq!(b.take_batch(1), vec![(h1, r1)]);
+        b.enqueue(h3, r3.clone());
+        b.order(h1, r1);
+        assert_eq!(stages(&b, &h1), (false, true, false, false));
+        assert_eq!(b.queued_bytes(), request_cost(r3.len()));
+        // Not proposed a second time: only h3 is left to batch.
+        assert_eq!(b.take_batch(5), vec![(h3, r3)]);
         b.executed(h2);
-        b.order(h2, r2);
-        assert_eq!(stages(&b, &h2), (false, true, false, true));
+        b.order(h2, r2.clone());
+        assert_eq!(stages(&b, &h2), (false, false, false, true));
+        b.executed(h1);
+        assert!(
+            !b.has_queued_or_ordered(),
+            "a primary does not wait on what it executed"
+        );
+        b.wait_for(h2, r2);
+        assert_eq!(stages(&b, &h2), (false, false, false, true));
+        assert!(!b.has_waiting());
     }
 
     #[test]
@@ -450,6 +491,69 @@ mod tests {
         // Not relaying (primary, or in a view change): due entries go without a relay.
         assert_eq!(b.overdue_relays(100, 3, false), Vec::<Vec<u8>>::new());
         assert!(b.relay_due.is_empty());
-        assert!(b.is_waiting(&h4));
+        assert_eq!(b.stage(&h4), Some(Stage::Waiting));
+    }
+
+    /// One event of the replica's, on one of a few request hashes.
+    #[derive(Clone, Debug)]
+    enum Event {
+        Enqueue(u8),
+        TakeBatch(usize),
+        Order(u8),
+        WaitFor(u8),
+        Executed(u8),
+        HandBack,
+        ForgetOrdered,
+        QueueWaiting,
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        let h = 0u8..6;
+        prop_oneof![
+            h.clone().prop_map(Event::Enqueue),
+            (0usize..4).prop_map(Event::TakeBatch),
+            h.clone().prop_map(Event::Order),
+            h.clone().prop_map(Event::WaitFor),
+            h.prop_map(Event::Executed),
+            Just(Event::HandBack),
+            Just(Event::ForgetOrdered),
+            Just(Event::QueueWaiting),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the replica does, each hash is in one stage (ordered and waited for being
+        /// one stage), and the queue's byte count is the sum over the queue.
+        #[test]
+        fn every_request_is_in_exactly_one_stage(events in proptest::collection::vec(event(), 0..60)) {
+            let mut b = RequestBook::new(4);
+            for e in events {
+                match e {
+                    Event::Enqueue(i) => { let (h, r) = req(i); b.enqueue(h, r); }
+                    Event::TakeBatch(n) => {
+                        for (h, r) in b.take_batch(n) {
+                            b.order(h, r);
+                        }
+                    }
+                    Event::Order(i) => { let (h, r) = req(i); b.order(h, r); }
+                    Event::WaitFor(i) => { let (h, r) = req(i); b.wait_for(h, r); }
+                    Event::Executed(i) => b.executed(req(i).0),
+                    Event::HandBack => b.hand_back(),
+                    Event::ForgetOrdered => b.forget_ordered(),
+                    Event::QueueWaiting => b.queue_waiting(),
+                }
+                for i in 0..6 {
+                    let h = req(i).0;
+                    let (q, o, w, x) = stages(&b, &h);
+                    let held = [q, o, w, x].iter().filter(|s| **s).count();
+                    let one = held <= 1 || (held == 2 && o && w);
+                    proptest::prop_assert!(one, "hash {} is in {:?}", i, (q, o, w, x));
+                    proptest::prop_assert_eq!(held > 0, b.stage(&h).is_some());
+                }
+                let bytes: usize = b.queued_requests().map(|r| request_cost(r.len())).sum();
+                proptest::prop_assert_eq!(b.queued_bytes(), bytes);
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::log::Slot;
 use crate::message::{Payload, PrePrepare, Proposal, Request};
 use crate::persist;
 use crate::reject::RejectReason;
+use crate::request_book::Stage;
 use crate::{App, SubmitError};
 
 use super::{Replica, MAX_REQUEST_BYTES};
@@ -38,22 +39,20 @@ impl<A: App> Replica<A> {
             return Err(SubmitError::Invalid);
         }
         let h = sha256(&[&request]);
-        if self.requests.is_ordered(&h)
-            && !self.requests.is_waiting(&h)
-            && !self.is_primary()
-            && !self.in_view_change
-        {
-            // §4.4: a backup is "waiting for a request" from the moment it receives it until it
-            // executes it. A request already in an accepted pre-prepare is not executed yet: a
-            // faulty primary can pre-prepare it and never let it commit, so the client's
-            // retransmission must still start the request timer (and never be a silent no-op).
-            self.requests.wait_for(h, request);
-            self.request_timer
-                .start_if_stopped(self.cfg.request_timeout_ticks);
-            return Err(SubmitError::Duplicate);
-        }
-        if self.requests.is_known(&h) || self.requests.is_waiting(&h) {
-            return Err(SubmitError::Duplicate);
+        match self.requests.stage(&h) {
+            None => {}
+            Some(Stage::Ordered) if !self.is_primary() && !self.in_view_change => {
+                // §4.4: a backup is "waiting for a request" from the moment it receives it
+                // until it executes it. A request already in an accepted pre-prepare is not
+                // executed yet: a faulty primary can pre-prepare it and never let it commit, so
+                // the client's retransmission must still start the request timer (and never be
+                // a silent no-op).
+                self.requests.wait_for(h, request);
+                self.request_timer
+                    .start_if_stopped(self.cfg.request_timeout_ticks);
+                return Err(SubmitError::Duplicate);
+            }
+            Some(_) => return Err(SubmitError::Duplicate),
         }
         if self.is_primary() && !self.in_view_change {
             self.requests.enqueue(h, request);
