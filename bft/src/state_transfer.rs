@@ -4,6 +4,7 @@
 //! correct peer suffices.
 
 use crate::config::NodeId;
+use crate::timer::Timer;
 
 /// Emitted in `Ready::serve` when a peer asked for committed batches; the node answers with
 /// `Replica::send_state(to, batches)` read from its ledger.
@@ -24,5 +25,6 @@ pub(crate) struct FetchState {
     pub to_seq: u64,
     pub peers: Vec<NodeId>,
     pub next_peer: usize,
-    pub ticks_left: u32,
+    /// Runs out when the peer asked has had a request timeout to answer.
+    pub retry: Timer,
 }

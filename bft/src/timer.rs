@@ -1,12 +1,18 @@
-//! One countdown type for the replica's timers (the request timer of PBFT §4.4 and the
-//! view-change timer of §4.5.2), so that arming, stopping and expiry are written once instead of
-//! as hand-decremented `Option<u32>`s (TigerBeetle keeps its timeouts the same way).
+//! One countdown type for the replica's timers (the request timer of PBFT §4.4, the
+//! view-change timer and VIEW-CHANGE resend of §4.5.2, the STATUS, state-fetch and batch-body
+//! retries), so that arming, stopping and expiry are written once instead of as
+//! hand-decremented counters (TigerBeetle keeps its timeouts the same way).
 
 /// A countdown in ticks: stopped, or running with the ticks left until it fires.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Timer(Option<u32>);
 
 impl Timer {
+    /// A countdown already running, `ticks` from firing.
+    pub fn started(ticks: u32) -> Self {
+        Timer(Some(ticks))
+    }
+
     /// Starts (or restarts) the countdown: it fires on the `ticks`-th [`Timer::tick`] from now
     /// (on the first if `ticks` is 0 or 1).
     pub fn start(&mut self, ticks: u32) {

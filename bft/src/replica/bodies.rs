@@ -9,6 +9,7 @@ use crate::kind::MessageKind;
 use crate::message::{encode, Batch, BatchRequest, Payload};
 use crate::persist;
 use crate::reject::RejectReason;
+use crate::timer::Timer;
 use crate::App;
 
 use super::{Hash, Replica};
@@ -19,7 +20,8 @@ pub(super) struct MissingBody {
     /// Highest seq whose pre-prepare names it (bodies are garbage-collected with it).
     pub(super) seq: u64,
     next_peer: usize,
-    ticks_left: u32,
+    /// Runs out when the next peer is to be asked.
+    retry: Timer,
 }
 
 impl<A: App> Replica<A> {
@@ -61,7 +63,7 @@ impl<A: App> Replica<A> {
         let e = self.missing.entry(digest).or_insert(MissingBody {
             seq,
             next_peer: seq as usize,
-            ticks_left: 1,
+            retry: Timer::started(1),
         });
         e.seq = e.seq.max(seq);
     }
@@ -74,13 +76,11 @@ impl<A: App> Replica<A> {
         let period = (self.cfg.request_timeout_ticks / 2).max(1);
         let mut asks = Vec::new();
         for (d, mb) in self.missing.iter_mut() {
-            if mb.ticks_left <= 1 {
-                mb.ticks_left = period;
+            if mb.retry.tick() {
+                mb.retry.start(period);
                 let to = peers[mb.next_peer % peers.len()];
                 mb.next_peer = mb.next_peer.wrapping_add(1);
                 asks.push((to, mb.seq, *d));
-            } else {
-                mb.ticks_left -= 1;
             }
         }
         for (to, seq, digest) in asks {

@@ -12,6 +12,7 @@ use crate::message::{
 use crate::persist::{self, seq_key};
 use crate::reject::RejectReason;
 use crate::state_transfer::FetchState;
+use crate::timer::Timer;
 use crate::{App, PersistOp, ServeRequest};
 
 use super::{Hash, Replica};
@@ -127,7 +128,7 @@ impl<A: App> Replica<A> {
             to_seq,
             peers,
             next_peer,
-            ticks_left: self.cfg.request_timeout_ticks,
+            retry: Timer::started(self.cfg.request_timeout_ticks),
         });
         self.send_fetch();
     }
@@ -137,10 +138,8 @@ impl<A: App> Replica<A> {
     pub(super) fn retry_fetch(&mut self) {
         self.drop_finished_fetch();
         if let Some(fs) = &mut self.fetch {
-            if fs.ticks_left <= 1 {
+            if fs.retry.tick() {
                 self.fetch_from_next_peer();
-            } else {
-                fs.ticks_left -= 1;
             }
         }
     }
@@ -150,7 +149,7 @@ impl<A: App> Replica<A> {
     fn fetch_from_next_peer(&mut self) {
         let Some(fs) = &mut self.fetch else { return };
         fs.next_peer += 1;
-        fs.ticks_left = self.cfg.request_timeout_ticks;
+        fs.retry.start(self.cfg.request_timeout_ticks);
         if fs.next_peer >= 3 * fs.peers.len().max(1) {
             self.fetch = None;
         } else {
@@ -256,7 +255,7 @@ impl<A: App> Replica<A> {
                 // Progress: ask for the next chunk, and give its peer a full timeout. A reply
                 // that brought nothing new (a late answer to a request we already re-sent
                 // elsewhere) asks nothing, so at most one chain of requests runs.
-                fs.ticks_left = self.cfg.request_timeout_ticks;
+                fs.retry.start(self.cfg.request_timeout_ticks);
                 self.send_fetch();
             } else if result.is_err()
                 && fs.peers.get(fs.next_peer % fs.peers.len().max(1)) == Some(&from)
@@ -303,7 +302,7 @@ impl<A: App> Replica<A> {
             to_seq: top,
             peers,
             next_peer: start,
-            ticks_left: self.cfg.request_timeout_ticks,
+            retry: Timer::started(self.cfg.request_timeout_ticks),
         });
         self.send_fetch();
     }

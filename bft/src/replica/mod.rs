@@ -74,7 +74,7 @@ pub struct Replica<A: App> {
     new_view_resent_at: BTreeMap<NodeId, u64>,
     /// Ticks until our VIEW-CHANGE is re-broadcast (lost view changes would otherwise stall the
     /// protocol; the paper assumes retransmission, §4.5.2).
-    vc_resend: u32,
+    vc_resend: Timer,
     /// Latest validated VIEW-CHANGE per sender (a correct replica's views only grow).
     view_changes: BTreeMap<NodeId, VcEntry>,
 
@@ -142,7 +142,7 @@ impl<A: App> Replica<A> {
             last_new_view: None,
             ticks: 0,
             new_view_resent_at: BTreeMap::new(),
-            vc_resend: 0,
+            vc_resend: Timer::started(0),
             view_changes: BTreeMap::new(),
             log: BTreeMap::new(),
             next_seq: 1,
@@ -296,13 +296,11 @@ impl<A: App> Replica<A> {
                 // §4.4: the backup suspects the primary of view v and moves to v + 1.
                 self.start_view_change(self.view + 1);
             }
-        } else if self.vc_resend <= 1 {
-            self.vc_resend = self.vc_resend_interval();
+        } else if self.vc_resend.tick() {
+            self.vc_resend.start(self.vc_resend_interval());
             if let Some(m) = self.view_changes.get(&self.me).map(|e| e.msg.clone()) {
                 self.broadcast(MessageKind::ViewChange, &m);
             }
-        } else {
-            self.vc_resend -= 1;
         }
         if self.in_view_change && self.vc_timer.tick() {
             // §4.5.2: the new primary did not deliver a NEW-VIEW in time: try v + 1 with a

@@ -61,7 +61,7 @@ impl<A: App> Replica<A> {
         self.in_view_change = true;
         self.vc_consecutive = self.vc_consecutive.saturating_add(1);
         self.vc_timer.stop();
-        self.vc_resend = self.vc_resend_interval();
+        self.vc_resend.start(self.vc_resend_interval());
         self.request_timer.stop();
         self.log.clear();
         // Requests we queued or proposed as primary are not lost with the view: they wait
