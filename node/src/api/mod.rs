@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::api_types::{CommittedReply, ErrorReply};
+use crate::client::wire;
 use crate::handle::Shared;
 use crate::ledger::TxRecord;
 use admin::{get_block, get_metrics, get_partition, get_status, post_partition};
@@ -72,14 +73,17 @@ async fn relay(resp: Result<reqwest::Response, reqwest::Error>, leader: u64) -> 
         Ok(r) => {
             let status =
                 StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            match r.bytes().await {
-                Ok(b) => (
+            match wire::read_capped(r, wire::MAX_REPLY_BYTES).await {
+                Some(b) => (
                     status,
                     [(axum::http::header::CONTENT_TYPE, "application/json")],
                     b,
                 )
                     .into_response(),
-                Err(e) => error(StatusCode::BAD_GATEWAY, format!("leader {leader}: {e}")),
+                None => error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("leader {leader}: its answer broke off or was over the size cap"),
+                ),
             }
         }
         Err(e) => error(

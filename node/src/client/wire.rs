@@ -43,13 +43,34 @@ impl Answer {
     }
 }
 
-/// Sends `req` and reads the whole answer. A body that breaks off counts as empty: the status
-/// code still says what happened.
+/// The most of a reply body a client reads. The largest legitimate answer is a block of one
+/// full message budget rendered as JSON (hex doubles its bytes); a node that sends more is
+/// faulty, and a client must not hold whatever it sends in memory.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
+
+/// Sends `req` and reads the whole answer, at most [`MAX_REPLY_BYTES`] of it. A body that
+/// breaks off or runs over the cap counts as empty: the status code still says what happened.
 pub async fn send(req: reqwest::RequestBuilder) -> reqwest::Result<Answer> {
     let resp = req.send().await?;
     let code = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = read_capped(resp, MAX_REPLY_BYTES).await.unwrap_or_default();
     Ok(Answer { code, body })
+}
+
+/// The body of `resp` if it is at most `cap` bytes; None if it is longer (announced or sent)
+/// or breaks off. Reads chunk by chunk, so an oversized body is never buffered whole.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Option<Bytes> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if body.len() + chunk.len() > cap {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(Bytes::from(body))
 }
 
 /// `GET url` as JSON of type `T`, None unless the node answers 2xx with a `T`.
@@ -181,5 +202,64 @@ mod tests {
             write_answer(3, &busy, signed),
             WriteAnswer::Unavailable(m) if m == "node 3: overloaded"
         ));
+    }
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::read_capped;
+
+    /// Serves one HTTP/1.1 answer made of `head` and then `chunks` chunked-encoded pieces of
+    /// `chunk` bytes each, on a fresh loopback port.
+    async fn serve_once(head: &'static str, chunks: usize, chunk: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(head.as_bytes()).await;
+            for _ in 0..chunks {
+                let piece = format!("{chunk:x}\r\n{}\r\n", "x".repeat(chunk));
+                if s.write_all(piece.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n").await;
+        });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn a_reply_body_over_the_cap_is_refused_without_being_buffered_whole() {
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let http = reqwest::Client::new();
+
+        let url = serve_once(chunked, 4, 256).await;
+        let resp = http.get(url).send().await.unwrap();
+        let body = read_capped(resp, 1024)
+            .await
+            .expect("1024 bytes fit a 1024-byte cap");
+        assert_eq!(body.len(), 1024);
+
+        let url = serve_once(chunked, 40, 256).await;
+        let resp = http.get(url).send().await.unwrap();
+        assert!(
+            read_capped(resp, 1024).await.is_none(),
+            "10 KiB is over the cap"
+        );
+
+        // Announced too long: refused before any of it is read.
+        let url = serve_once(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n",
+            0,
+            0,
+        )
+        .await;
+        let resp = http.get(url).send().await.unwrap();
+        assert!(read_capped(resp, 1024).await.is_none());
     }
 }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ClusterError, LocalCluster, POLL};
 use crate::api_types::StatusReply;
+use crate::client::wire;
 use crate::config::Protocol;
 use crate::ledger::Block;
 
@@ -18,7 +19,7 @@ impl LocalCluster {
             .http
             .get(format!("http://{}{path}", node.api))
             .timeout(Duration::from_secs(5));
-        crate::client::wire::get(req).await
+        wire::get(req).await
     }
 
     /// GET /v1/status of node `i`, None if it does not answer.
@@ -101,19 +102,16 @@ impl LocalCluster {
     pub async fn message_totals(&self) -> MessageTotals {
         let mut total = MessageTotals::default();
         for node in &self.config.nodes {
-            let Ok(resp) = self
+            let req = self
                 .http
                 .get(format!("http://{}/metrics", node.api))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-            else {
+                .timeout(Duration::from_secs(5));
+            let Ok(answer) = wire::send(req).await else {
                 continue;
             };
-            let Ok(text) = resp.text().await else {
-                continue;
-            };
-            total.add(&parse_message_totals(&text));
+            total.add(&parse_message_totals(&String::from_utf8_lossy(
+                &answer.body,
+            )));
         }
         total
     }

@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use tokio::sync::watch;
 
 use super::metrics_text::{self, NodeMetrics};
 use super::{PairRate, Point, Ui, Verdict, POLL, SERIES_LEN};
 use crate::api_types::{BlockHeader, StatusReply};
+use crate::client::wire;
 use crate::config::Protocol;
 
 impl Ui {
@@ -30,23 +32,21 @@ impl Ui {
         }
     }
 
-    async fn get(&self, addr: SocketAddr, path: &str) -> Option<reqwest::Response> {
-        let resp = self
-            .http
-            .get(format!("http://{addr}{path}"))
-            .send()
+    /// The body of node `addr`'s 2xx answer to `GET path` (read with the clients' size cap).
+    async fn get(&self, addr: SocketAddr, path: &str) -> Option<Bytes> {
+        let answer = wire::send(self.http.get(format!("http://{addr}{path}")))
             .await
             .ok()?;
-        resp.status().is_success().then_some(resp)
+        answer.ok().then_some(answer.body)
     }
 
     /// Status and metrics of node `i` (None if it does not answer).
     async fn fetch(self: &Arc<Self>, i: usize) -> Option<(StatusReply, NodeMetrics)> {
         let addr = self.nodes.get(i)?.1;
-        let (status, metrics) = tokio::join!(self.get(addr, "/v1/status"), async {
-            self.get(addr, "/metrics").await?.text().await.ok()
-        });
-        let status: StatusReply = status?.json().await.ok()?;
+        let (status, metrics) =
+            tokio::join!(self.get(addr, "/v1/status"), self.get(addr, "/metrics"));
+        let status: StatusReply = serde_json::from_slice(&status?).ok()?;
+        let metrics = metrics.map(|m| String::from_utf8_lossy(&m).into_owned());
         Some((
             status,
             metrics_text::parse(metrics.as_deref().unwrap_or("")),
@@ -56,12 +56,10 @@ impl Ui {
     /// The hash of node `i`'s block at height `h`.
     async fn block_hash(&self, i: usize, h: u64) -> Option<String> {
         let addr = self.nodes.get(i)?.1;
-        let header: BlockHeader = self
+        let body = self
             .get(addr, &format!("/v1/blocks/{h}?header=true"))
-            .await?
-            .json()
-            .await
-            .ok()?;
+            .await?;
+        let header: BlockHeader = serde_json::from_slice(&body).ok()?;
         Some(hex::encode(header.hash))
     }
 
