@@ -65,11 +65,6 @@ impl Arrivals {
         self.index.is_empty()
     }
 
-    pub fn clear(&mut self) {
-        self.index.clear();
-        self.order.clear();
-    }
-
     /// The requests in arrival order.
     pub fn values(&self) -> impl Iterator<Item = &Vec<u8>> {
         self.order.values().map(|(_, r)| r)

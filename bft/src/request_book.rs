@@ -228,8 +228,8 @@ impl RequestBook {
         }
     }
 
-    /// PBFT §4.4, leaving a view: what this replica queued or ordered is not lost with the
-    /// view. Each request not executed becomes waiting, to be handed to the next primary (or
+    /// PBFT §4.4, leaving a view (or entering one it did not change to itself): what this
+    /// replica queued or ordered is not lost with the view. Each request not executed becomes waiting, to be handed to the next primary (or
     /// queued again if that is us): the ordered ones first, then the queued, each in its order.
     pub(crate) fn hand_back(&mut self) {
         let mut orphans: Vec<(Hash, Vec<u8>)> =
@@ -239,12 +239,6 @@ impl RequestBook {
         for (h, r) in orphans {
             self.waiting.insert(h, r);
         }
-    }
-
-    /// Entering a new view: the pre-prepares of the old one are gone, so nothing stays ordered
-    /// (the NEW-VIEW's re-issued batches order their requests again).
-    pub(crate) fn forget_ordered(&mut self) {
-        self.ordered.clear();
     }
 
     /// The new primary takes over what it waited for: every waiting request is queued, unless
@@ -399,7 +393,7 @@ mod tests {
         let mut b2 = RequestBook::new(16);
         b2.wait_for(h1, r1.clone());
         b2.wait_for(h2, req(2).1);
-        b2.forget_ordered();
+        b2.hand_back();
         b2.order(h1, r1);
         b2.queue_waiting();
         assert_eq!(b2.queued_hashes(), vec![h2]);
@@ -407,12 +401,12 @@ mod tests {
     }
 
     #[test]
-    fn entering_a_view_forgets_what_the_old_one_ordered() {
+    fn entering_a_view_keeps_waiting_for_what_the_old_one_ordered() {
         let mut b = RequestBook::new(16);
         let (h, r) = req(6);
         b.order(h, r.clone());
         b.wait_for(h, r);
-        b.forget_ordered();
+        b.hand_back();
         assert_eq!(stages(&b, &h), (false, false, true, false));
         assert!(!b.has_queued_or_ordered());
     }
@@ -503,7 +497,6 @@ mod tests {
         WaitFor(u8),
         Executed(u8),
         HandBack,
-        ForgetOrdered,
         QueueWaiting,
     }
 
@@ -517,7 +510,6 @@ mod tests {
             h.clone().prop_map(Event::WaitFor),
             h.prop_map(Event::Executed),
             Just(Event::HandBack),
-            Just(Event::ForgetOrdered),
             Just(Event::QueueWaiting),
         ]
     }
@@ -540,7 +532,6 @@ mod tests {
                     Event::WaitFor(i) => { let (h, r) = req(i); b.wait_for(h, r); }
                     Event::Executed(i) => b.executed(req(i).0),
                     Event::HandBack => b.hand_back(),
-                    Event::ForgetOrdered => b.forget_ordered(),
                     Event::QueueWaiting => b.queue_waiting(),
                 }
                 for i in 0..6 {

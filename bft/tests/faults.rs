@@ -831,6 +831,52 @@ fn requests_waiting_at_a_backup_reach_the_new_primary_in_arrival_order() {
     c.check_agreement();
 }
 
+/// A replica that learns of a new view from its NEW-VIEW alone, without having run a view
+/// change itself (it missed the VIEW-CHANGEs), still hands on what it queued or ordered as
+/// primary of the old view (§4.4: requests are not lost with the view). Here the old primary
+/// holds a request that only it received — what the node's API does, handing each client
+/// request to one replica — and the others have moved to view 1 without it. Before, it kept
+/// the request queued as a backup (never proposed, and every retransmission answered as a
+/// duplicate) or, once proposed in the old view, forgot it.
+#[test]
+fn an_old_primary_that_jumps_to_a_new_view_hands_its_requests_to_the_new_primary() {
+    let mut c = Cluster::new(4);
+    c.partition(0);
+    for id in 1..4 {
+        c.submit(id, b"R").unwrap();
+    }
+    c.run_until(400, |c| (1..4).all(|id| c.active_in(id, 1)));
+    for id in 1..4 {
+        assert!(c.active_in(id, 1), "replica {id}: {:?}", c.r(id).status());
+    }
+    let new_view = c
+        .history
+        .iter()
+        .find(|e| e.kind == "new_view" && e.from == 1)
+        .map(|e| e.bytes.to_vec())
+        .expect("the primary of view 1 sent its NEW-VIEW");
+    // Replica 0, still primary of view 0 to itself, takes a request only it knows of...
+    c.submit(0, b"only-at-0").unwrap();
+    c.run();
+    assert_eq!(c.r(0).status().view, 0);
+    // ...and then hears of view 1 from its NEW-VIEW, before its own timer suspects anyone.
+    c.heal();
+    c.inject(1, 0, new_view);
+    c.run();
+    let st = c.r(0).status();
+    assert_eq!(
+        (st.view, st.in_view_change),
+        (1, false),
+        "replica 0: {st:?}"
+    );
+    let timeout = c.cfgs[0].request_timeout_ticks as usize;
+    c.run_until(4 * timeout, |c| {
+        (0..4).all(|id| c.executed(id, b"only-at-0"))
+    });
+    c.assert_settled_and_executed(0..4, 1, b"only-at-0");
+    c.check_agreement();
+}
+
 /// A lagging replica keeps one chain of state requests: a new stable checkpoint seen while it
 /// fetches raises the target of the running fetch instead of starting a second chain, and a
 /// reply that brings nothing new does not ask again. Before, every checkpoint learnt during a

@@ -273,7 +273,11 @@ impl<A: App> Replica<A> {
         }
         self.log.clear();
         let primary = self.is_primary();
-        self.requests.forget_ordered();
+        // The old view's pre-prepares are gone. What we ordered or queued in it waits again,
+        // to be handed to the new primary below (§4.4) — a no-op if our own view change did
+        // so already, but a replica that jumps here on a NEW-VIEW alone (it missed the
+        // VIEW-CHANGEs) would otherwise keep a backup's dead queue or forget what it ordered.
+        self.requests.hand_back();
         for (m, pp) in pps {
             if pp.seq <= self.h() {
                 continue;
