@@ -264,6 +264,10 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
     let (_, s) = http(&api, "GET", "/v1/status", None).unwrap();
     assert_eq!(s["height"], first["height"], "applied once");
     assert_eq!(s["view"], Value::Null, "raft has no view");
+    assert_eq!(
+        s["pending_txs"], 0,
+        "nothing uncommitted once the write is answered: {s}"
+    );
     for k in [
         "id",
         "protocol",
@@ -275,6 +279,7 @@ fn api_rejects_bad_input_and_answers_duplicates_with_the_original_result() {
         "head_hash",
         "commit_index",
         "peers_connected",
+        "pending_txs",
     ] {
         assert!(s.get(k).is_some(), "status lacks {k}: {s}");
     }
@@ -466,6 +471,10 @@ fn pbft_cluster_commits_with_f_plus_1_signed_replies_and_survives_a_crashed_back
     let (_, status) = http(&c.api(0), "GET", "/v1/status", None).unwrap();
     assert_eq!(status["protocol"], "pbft");
     assert_eq!(status["term"], Value::Null, "pbft has no term");
+    assert_eq!(
+        status["pending_txs"], 0,
+        "every request executed, none left waiting: {status}"
+    );
     let (_, block) = http(&c.api(3), "GET", &format!("/v1/blocks/{height}"), None).unwrap();
     assert!(
         block["certificate"].is_object(),

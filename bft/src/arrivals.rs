@@ -65,6 +65,11 @@ impl Arrivals {
         self.index.is_empty()
     }
 
+    /// The digests held (in digest order).
+    pub fn keys(&self) -> impl Iterator<Item = &Hash> {
+        self.index.keys()
+    }
+
     /// The requests in arrival order.
     pub fn values(&self) -> impl Iterator<Item = &Vec<u8>> {
         self.order.values().map(|(_, r)| r)

@@ -174,4 +174,8 @@ pub struct Status {
     pub queued_requests: usize,
     /// Requests this replica received and waits to see executed.
     pub pending_requests: usize,
+    /// Requests this replica knows of that have not executed here: queued, ordered or waited
+    /// for, each once. Zero on every replica of a quiet cluster means no further batch is on
+    /// its way until a client sends more.
+    pub unexecuted_requests: usize,
 }

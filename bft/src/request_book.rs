@@ -119,6 +119,17 @@ impl RequestBook {
         !self.queued.is_empty() || !self.ordered.is_empty()
     }
 
+    /// How many requests this replica knows of that have not executed here (queued, ordered
+    /// or waited for), each counted once.
+    pub(crate) fn unexecuted_len(&self) -> usize {
+        let waiting_only = self
+            .waiting
+            .keys()
+            .filter(|h| !self.ordered.contains_key(h))
+            .count();
+        self.queued.len() + self.ordered.len() + waiting_only
+    }
+
     pub(crate) fn waiting_len(&self) -> usize {
         self.waiting.len()
     }
@@ -542,6 +553,10 @@ mod tests {
                     proptest::prop_assert!(one, "hash {} is in {:?}", i, (q, o, w, x));
                     proptest::prop_assert_eq!(held > 0, b.stage(&h).is_some());
                 }
+                let unexecuted = (0..6)
+                    .filter(|i| matches!(b.stage(&req(*i).0), Some(s) if s != Stage::Executed))
+                    .count();
+                proptest::prop_assert_eq!(b.unexecuted_len(), unexecuted);
                 let bytes: usize = b.queued_requests().map(|r| request_cost(r.len())).sum();
                 proptest::prop_assert_eq!(b.queued_bytes(), bytes);
             }

@@ -245,6 +245,10 @@ pub struct StatusReply {
     pub peers_connected: u64,
     /// The other members this node has no connection to (it keeps redialling them).
     pub peers_unreachable: Vec<u64>,
+    /// Transactions this node holds that are not committed yet (see `EngineStatus`): zero on
+    /// every node of a quiet cluster means no further block is on its way.
+    #[serde(default)]
+    pub pending_txs: u64,
     pub protocol: Protocol,
     pub role: String,
     pub term: Option<u64>,

@@ -195,6 +195,7 @@ impl<A: App> Replica<A> {
             stable_digest: self.stable.digest,
             queued_requests: self.requests.queued_len(),
             pending_requests: self.requests.waiting_len(),
+            unexecuted_requests: self.requests.unexecuted_len(),
         }
     }
 

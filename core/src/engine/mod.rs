@@ -132,6 +132,11 @@ pub struct EngineStatus {
     pub view: Option<u64>,
     pub leader: Option<NodeId>,
     pub commit_index: u64,
+    /// Transactions this node holds that are not committed yet: Raft, proposals waiting at the
+    /// leader and its log entries above the commit index; PBFT, client requests (and read
+    /// markers) the replica knows of and has not executed. Zero on every node of a quiet
+    /// cluster means nothing more will commit until a client sends more.
+    pub pending_txs: u64,
 }
 
 /// A consensus protocol as the node drives it.

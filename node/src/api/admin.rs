@@ -38,6 +38,7 @@ pub(super) async fn get_status(State(shared): State<AppState>) -> Response {
             .map(|p| p.id)
             .filter(|&id| id != shared.id && !shared.net.is_connected(id))
             .collect(),
+        pending_txs: s.engine.pending_txs,
         protocol: shared.cluster.protocol,
         role: s.engine.role.to_string(),
         term: s.engine.term,

@@ -401,6 +401,7 @@ impl Engine for PbftEngine {
             view: Some(s.view),
             leader: Some(s.primary),
             commit_index: s.last_executed,
+            pending_txs: s.unexecuted_requests as u64,
         }
     }
 

@@ -410,6 +410,12 @@ impl Engine for RaftEngine {
             view: None,
             leader: s.leader,
             commit_index: s.commit,
+            pending_txs: self.pending.len() as u64
+                + if s.role == Role::Leader {
+                    s.last_index.saturating_sub(s.commit)
+                } else {
+                    0
+                },
         }
     }
 

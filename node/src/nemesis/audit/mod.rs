@@ -61,21 +61,29 @@ async fn get(http: &reqwest::Client, url: String, timeout: Duration) -> Option<A
     wire::send(http.get(url).timeout(timeout)).await.ok()
 }
 
-/// Every node's `(height, head hash)`, None for a node that does not answer.
-pub async fn heads(cluster: &ClusterConfig, http: &reqwest::Client) -> Vec<Option<(u64, String)>> {
+/// Every node's `(height, head hash)` and how many transactions it holds uncommitted, None for a
+/// node that does not answer.
+pub async fn heads(
+    cluster: &ClusterConfig,
+    http: &reqwest::Client,
+) -> Vec<Option<((u64, String), u64)>> {
     let mut out = Vec::new();
     for node in &cluster.nodes {
         let url = format!("http://{}/v1/status", node.api);
         let head = get(http, url, Duration::from_secs(2))
             .await
             .and_then(|a| a.json_if::<StatusReply>(200))
-            .map(|s| (s.height, hex::encode(s.head_hash)));
+            .map(|s| ((s.height, hex::encode(s.head_hash)), s.pending_txs));
         out.push(head);
     }
     out
 }
 
-/// Waits (bounded) until every node answers with the same height and head hash.
+/// Waits (bounded) until the cluster is quiet: every node answers with the same height and
+/// head hash and holds no uncommitted transaction. Equal heads alone are not enough: a
+/// request still waiting somewhere — a read marker a backup relayed to a primary that was
+/// down, say — commits a block up to a request timeout later, after the audit has read the
+/// chain.
 pub async fn converge(
     cluster: &ClusterConfig,
     http: &reqwest::Client,
@@ -83,15 +91,25 @@ pub async fn converge(
 ) -> (Check, Option<u64>) {
     let start = Instant::now();
     loop {
-        let hs = heads(cluster, http).await;
+        let answers = heads(cluster, http).await;
+        let hs: Vec<Option<(u64, String)>> = answers
+            .iter()
+            .map(|a| a.as_ref().map(|(h, _)| h.clone()))
+            .collect();
+        let pending: Vec<(usize, u64)> = answers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().map(|(_, p)| (i, *p)))
+            .filter(|(_, p)| *p > 0)
+            .collect();
         let first = hs.first().cloned().flatten();
-        if first.is_some() && hs.iter().all(|h| *h == first) {
+        if first.is_some() && hs.iter().all(|h| *h == first) && pending.is_empty() {
             let (height, hash) = first.unwrap_or_default();
             let check = Check::new(
                 "same head on every node",
                 &[],
                 format!(
-                    "height {height}, head {} after {:.1} s",
+                    "height {height}, head {}, nothing uncommitted, after {:.1} s",
                     &hash[..hash.len().min(16)],
                     start.elapsed().as_secs_f64()
                 ),
@@ -100,13 +118,14 @@ pub async fn converge(
             return (check, Some(height));
         }
         if start.elapsed() > deadline {
-            let problems: Vec<String> = hs
+            let problems: Vec<String> = answers
                 .iter()
                 .enumerate()
-                .map(|(i, h)| match h {
-                    Some((height, hash)) => {
-                        format!("node {i} at {height} {}", &hash[..hash.len().min(16)])
-                    }
+                .map(|(i, a)| match a {
+                    Some(((height, hash), pending)) => format!(
+                        "node {i} at {height} {} with {pending} txs uncommitted",
+                        &hash[..hash.len().min(16)]
+                    ),
                     None => format!("node {i} does not answer"),
                 })
                 .collect();
