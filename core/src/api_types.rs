@@ -476,15 +476,15 @@ mod tests {
     #[test]
     fn the_status_reply_has_the_fields_of_the_spec() {
         let spec = format!(
-            r#"{{"id":1,"protocol":"raft","role":"follower","term":3,"view":null,"leader":0,"height":12,"first_height":1,"head_hash":"{HASH}","commit_index":14,"peers_connected":2,"peers_unreachable":[],"block_sync":null}}"#
+            r#"{{"id":1,"protocol":"raft","role":"follower","term":3,"view":null,"leader":0,"height":12,"first_height":1,"head_hash":"{HASH}","commit_index":14,"peers_connected":2,"peers_unreachable":[],"pending_txs":5,"block_sync":null}}"#
         );
         let wire = format!(
-            r#"{{"block_sync":null,"commit_index":14,"first_height":1,"head_hash":"{HASH}","height":12,"id":1,"leader":0,"peers_connected":2,"peers_unreachable":[],"protocol":"raft","role":"follower","term":3,"view":null}}"#
+            r#"{{"block_sync":null,"commit_index":14,"first_height":1,"head_hash":"{HASH}","height":12,"id":1,"leader":0,"peers_connected":2,"peers_unreachable":[],"pending_txs":5,"protocol":"raft","role":"follower","term":3,"view":null}}"#
         );
         let r: StatusReply = round_trip(&spec, &wire);
         assert_eq!(
-            (r.protocol, r.term, r.view),
-            (Protocol::Raft, Some(3), None)
+            (r.protocol, r.term, r.view, r.pending_txs),
+            (Protocol::Raft, Some(3), None, 5)
         );
         let spec = format!(
             r#"{{"id":3,"protocol":"pbft","role":"backup","term":null,"view":2,"leader":2,"height":0,"first_height":null,"head_hash":"{HASH}","commit_index":0,"peers_connected":1,"peers_unreachable":[0,1],"block_sync":{{"target_height":90,"fetched_from":40}}}}"#
