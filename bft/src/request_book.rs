@@ -120,14 +120,17 @@ impl RequestBook {
     }
 
     /// How many requests this replica knows of that have not executed here (queued, ordered
-    /// or waited for), each counted once.
+    /// or waited for), each counted once. The node reads it with every status, so it walks
+    /// only the smaller of the ordered and waiting sets (a backup under load waits for many
+    /// requests and has few ordered; a primary the reverse).
     pub(crate) fn unexecuted_len(&self) -> usize {
-        let waiting_only = self
-            .waiting
-            .keys()
-            .filter(|h| !self.ordered.contains_key(h))
-            .count();
-        self.queued.len() + self.ordered.len() + waiting_only
+        let (small, large) = if self.ordered.len() <= self.waiting.len() {
+            (&self.ordered, &self.waiting)
+        } else {
+            (&self.waiting, &self.ordered)
+        };
+        let both = small.keys().filter(|h| large.contains_key(h)).count();
+        self.queued.len() + self.ordered.len() + self.waiting.len() - both
     }
 
     pub(crate) fn waiting_len(&self) -> usize {

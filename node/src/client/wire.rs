@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api_types::{BatchReply, CommittedReply, ErrorReply};
 use crate::client_protocol::{Vouched, WriteAnswer};
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, MAX_MAX_MESSAGE_BYTES};
 
 /// A node's answer: status code and body as received.
 #[derive(Clone, Debug)]
@@ -43,10 +43,11 @@ impl Answer {
     }
 }
 
-/// The most of a reply body a client reads. The largest legitimate answer is a block of one
-/// full message budget rendered as JSON (hex doubles its bytes); a node that sends more is
-/// faulty, and a client must not hold whatever it sends in memory.
-pub const MAX_REPLY_BYTES: usize = 64 << 20;
+/// The most of a reply body a client reads. The largest legitimate answer is a block of the
+/// largest message budget a cluster may configure ([`MAX_MAX_MESSAGE_BYTES`]) rendered as
+/// JSON, where a value byte can take up to six (`\u0001`) and hex doubles keys and
+/// signatures; a node that sends more is faulty, and a client must not hold whatever it sends.
+pub const MAX_REPLY_BYTES: usize = 6 * MAX_MAX_MESSAGE_BYTES + (1 << 20);
 
 /// Sends `req` and reads the whole answer, at most [`MAX_REPLY_BYTES`] of it. A body that
 /// breaks off or runs over the cap counts as empty: the status code still says what happened.

@@ -61,12 +61,18 @@ async fn get(http: &reqwest::Client, url: String, timeout: Duration) -> Option<A
     wire::send(http.get(url).timeout(timeout)).await.ok()
 }
 
-/// Every node's `(height, head hash)` and how many transactions it holds uncommitted, None for a
-/// node that does not answer.
-pub async fn heads(
-    cluster: &ClusterConfig,
-    http: &reqwest::Client,
-) -> Vec<Option<((u64, String), u64, String)>> {
+/// What one node's `/v1/status` says about where it stands.
+pub struct NodeHead {
+    /// `(height, head hash in hex)`.
+    pub head: (u64, String),
+    /// Transactions it holds uncommitted.
+    pub pending: u64,
+    /// Its role with its view or term, for messages.
+    pub role: String,
+}
+
+/// Every node's head, None for a node that does not answer.
+pub async fn heads(cluster: &ClusterConfig, http: &reqwest::Client) -> Vec<Option<NodeHead>> {
     let mut out = Vec::new();
     for node in &cluster.nodes {
         let url = format!("http://{}/v1/status", node.api);
@@ -79,7 +85,11 @@ pub async fn heads(
                     (None, Some(t)) => format!("{} in term {t}", s.role),
                     (None, None) => s.role.clone(),
                 };
-                ((s.height, hex::encode(s.head_hash)), s.pending_txs, role)
+                NodeHead {
+                    head: (s.height, hex::encode(s.head_hash)),
+                    pending: s.pending_txs,
+                    role,
+                }
             });
         out.push(head);
     }
@@ -103,23 +113,33 @@ pub async fn converge(
     deadline: Duration,
 ) -> (Check, Option<u64>) {
     let start = Instant::now();
+    // Since when every node has answered with the same head (reset when one differs).
+    let mut equal_since: Option<Instant> = None;
     loop {
         let answers = heads(cluster, http).await;
         let hs: Vec<Option<(u64, String)>> = answers
             .iter()
-            .map(|a| a.as_ref().map(|(h, _, _)| h.clone()))
+            .map(|a| a.as_ref().map(|n| n.head.clone()))
             .collect();
         let pending: Vec<String> = answers
             .iter()
             .enumerate()
             .filter_map(|(i, a)| match a {
-                Some((_, p, role)) if *p > 0 => Some(format!("node {i} ({role}) {p} txs")),
+                Some(n) if n.pending > 0 => {
+                    Some(format!("node {i} ({}) {} txs", n.role, n.pending))
+                }
                 _ => None,
             })
             .collect();
         let first = hs.first().cloned().flatten();
-        let quiet = pending.is_empty() || start.elapsed() > QUIET_WAIT;
-        if first.is_some() && hs.iter().all(|h| *h == first) && quiet {
+        let equal = first.is_some() && hs.iter().all(|h| *h == first);
+        equal_since = if equal {
+            Some(equal_since.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
+        let waited = equal_since.is_some_and(|t| t.elapsed() > QUIET_WAIT);
+        if equal && (pending.is_empty() || waited) {
             let (height, hash) = first.unwrap_or_default();
             let uncommitted = if pending.is_empty() {
                 "nothing uncommitted".to_string()
@@ -147,7 +167,11 @@ pub async fn converge(
                 .iter()
                 .enumerate()
                 .map(|(i, a)| match a {
-                    Some(((height, hash), pending, role)) => format!(
+                    Some(NodeHead {
+                        head: (height, hash),
+                        pending,
+                        role,
+                    }) => format!(
                         "node {i} ({role}) at {height} {} with {pending} txs uncommitted",
                         &hash[..hash.len().min(16)]
                     ),
