@@ -4,13 +4,18 @@ use thiserror::Error;
 
 use crate::message::NodeId;
 
-/// Configuration of one member. Membership is fixed: `voters` lists every member, self included.
+/// Configuration of one member. `voters` and `learners` are the membership the cluster
+/// started with; configuration entries in the log change it from there (thesis §4.1, see
+/// [`crate::RawNode::propose_conf_change`]).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// This member's id; must appear in `voters`.
+    /// This member's id; must appear in `voters` or `learners`.
     pub id: NodeId,
-    /// All members including self.
+    /// Initial voting members, self included if it votes.
     pub voters: Vec<NodeId>,
+    /// Initial non-voting members: they receive the log and do not vote (a node joining a
+    /// running cluster starts as one of these).
+    pub learners: Vec<NodeId>,
     /// Base election timeout in ticks; the real timeout is drawn from
     /// `[election_tick, 2 * election_tick)` so split votes are rare (Raft §5.2).
     pub election_tick: u32,
@@ -71,6 +76,7 @@ impl Config {
         Config {
             id,
             voters,
+            learners: Vec::new(),
             election_tick: 10,
             heartbeat_tick: 1,
             pre_vote: true,
@@ -85,10 +91,11 @@ impl Config {
 
     /// Reject configurations that would break liveness or the core's invariants.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.voters.contains(&self.id) {
+        if !self.voters.contains(&self.id) && !self.learners.contains(&self.id) {
             return Err(ConfigError::SelfNotVoter(self.id));
         }
         let mut sorted = self.voters.clone();
+        sorted.extend(&self.learners);
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateVoter(w[0]));
@@ -121,11 +128,11 @@ impl Config {
 /// Why a [`Config`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
-    /// `id` is not in `voters`.
-    #[error("node {0} is not in its own voter list")]
+    /// `id` is in neither `voters` nor `learners`.
+    #[error("node {0} is not in its own voter or learner list")]
     SelfNotVoter(NodeId),
-    /// A voter is listed twice.
-    #[error("voter {0} is listed twice")]
+    /// A member is listed twice (in one list, or as both voter and learner).
+    #[error("member {0} is listed twice")]
     DuplicateVoter(NodeId),
     /// `heartbeat_tick` is zero.
     #[error("heartbeat_tick must be at least 1")]

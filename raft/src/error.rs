@@ -80,6 +80,13 @@ pub enum ProposeError {
         /// Largest data an entry may carry ([`crate::Config::max_entry_data_bytes`]).
         max: usize,
     },
+    /// A membership change while an earlier one is not yet committed, or before this
+    /// leader has committed an entry of its term (thesis §4.1); retry once it has.
+    #[error("a membership change is still in progress; retry once it commits")]
+    ConfChangePending,
+    /// The proposed membership is malformed or changes more than one voter (thesis §4.1).
+    #[error("invalid membership change: {0}")]
+    InvalidMembership(&'static str),
     /// The transfer target is not a member.
     #[error("unknown peer {0}")]
     UnknownPeer(NodeId),

@@ -28,7 +28,9 @@ mod read_only;
 
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD, MESSAGE_OVERHEAD, MIN_MSG_BYTES};
 pub use error::{ProposeError, RaftError};
-pub use message::{Entry, HardState, Message, MessageBody, MessageKind, NodeId, Snapshot};
+pub use message::{
+    Entry, HardState, Membership, Message, MessageBody, MessageKind, NodeId, Snapshot,
+};
 pub use progress::ProgressState;
 pub use raft::Role;
 pub use raw_node::{PersistedState, RawNode, Ready, Status};

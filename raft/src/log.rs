@@ -4,8 +4,9 @@
 //! The core keeps every entry after the last snapshot in memory; the driver's storage is a
 //! mirror it writes from [`crate::Ready`]. Compaction (`compact`) is what bounds memory.
 
-use crate::config::Config;
-use crate::message::{Entry, Snapshot};
+use std::collections::BTreeMap;
+
+use crate::message::{Entry, Membership, Snapshot};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog {
@@ -27,6 +28,9 @@ pub(crate) struct RaftLog {
     pub(crate) pending_snapshot: Option<Snapshot>,
     /// While set, committed entries are not handed out (see [`crate::RawNode::hold_apply`]).
     pub(crate) apply_held: bool,
+    /// The configuration entries among `entries`, by index (thesis §4.1: the latest one is
+    /// in force, and truncating it reverts to the one before).
+    confs: BTreeMap<u64, Membership>,
 }
 
 impl RaftLog {
@@ -39,6 +43,10 @@ impl RaftLog {
     ) -> Self {
         let (si, st) = snapshot.as_ref().map_or((0, 0), |s| (s.index, s.term));
         let last = si + entries.len() as u64;
+        let confs = entries
+            .iter()
+            .filter_map(|e| e.conf.clone().map(|c| (e.index, c)))
+            .collect();
         RaftLog {
             snapshot_index: si,
             snapshot_term: st,
@@ -49,7 +57,30 @@ impl RaftLog {
             snapshot,
             pending_snapshot: None,
             apply_held: false,
+            confs,
         }
+    }
+
+    /// The membership the log defines at `index`: the latest configuration entry at or below
+    /// it, else the snapshot's. `None` if neither exists (the node's initial configuration is
+    /// in force).
+    pub(crate) fn conf_at(&self, index: u64) -> Option<&Membership> {
+        self.confs
+            .range(..=index)
+            .next_back()
+            .map(|(_, c)| c)
+            .or_else(|| self.snapshot.as_ref().map(|s| &s.conf))
+    }
+
+    /// The membership in force: the latest configuration in the log (thesis §4.1).
+    pub(crate) fn latest_conf(&self) -> Option<&Membership> {
+        self.conf_at(self.last_index())
+    }
+
+    /// Index of the latest configuration entry still in the log (0: none after the
+    /// snapshot).
+    pub(crate) fn latest_conf_index(&self) -> u64 {
+        self.confs.keys().next_back().copied().unwrap_or(0)
     }
 
     pub(crate) fn snapshot_index(&self) -> u64 {
@@ -96,6 +127,9 @@ impl RaftLog {
     /// Leader append of its own new entry.
     pub(crate) fn push(&mut self, entry: Entry) {
         debug_assert_eq!(entry.index, self.last_index() + 1);
+        if let Some(c) = &entry.conf {
+            self.confs.insert(entry.index, c.clone());
+        }
         self.entries.push(entry);
     }
 
@@ -116,6 +150,12 @@ impl RaftLog {
         let Some(first) = entries.first() else { return };
         let keep = first.index.saturating_sub(self.snapshot_index + 1) as usize;
         self.entries.truncate(keep);
+        self.confs.split_off(&first.index);
+        for e in entries {
+            if let Some(c) = &e.conf {
+                self.confs.insert(e.index, c.clone());
+            }
+        }
         self.entries.extend_from_slice(entries);
         self.unstable_from = self.unstable_from.min(first.index);
     }
@@ -153,7 +193,7 @@ impl RaftLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for e in self.entries.iter().skip(start).take(max_entries) {
-            bytes = bytes.saturating_add(Config::entry_size(e.data.len()));
+            bytes = bytes.saturating_add(e.encoded_bound());
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
@@ -181,6 +221,7 @@ impl RaftLog {
         self.snapshot_index = snapshot.index;
         self.snapshot_term = snapshot.term;
         self.entries.clear();
+        self.confs.clear();
         self.committed = snapshot.index;
         self.applied = snapshot.index;
         self.unstable_from = snapshot.index + 1;
@@ -188,8 +229,9 @@ impl RaftLog {
         self.pending_snapshot = Some(snapshot);
     }
 
-    /// Drop entries `<= index`, which the application has captured in `data` (Raft §7).
-    pub(crate) fn compact(&mut self, index: u64, data: Vec<u8>) -> bool {
+    /// Drop entries `<= index`, which the application has captured in `data` (Raft §7);
+    /// `conf` is the membership in force at `index`, which the snapshot now carries.
+    pub(crate) fn compact(&mut self, index: u64, conf: Membership, data: Vec<u8>) -> bool {
         if index <= self.snapshot_index || index > self.applied || index > self.last_index() {
             return false;
         }
@@ -198,10 +240,16 @@ impl RaftLog {
         };
         let n = (index - self.snapshot_index) as usize;
         self.entries.drain(..n);
+        self.confs = self.confs.split_off(&(index + 1));
         self.snapshot_index = index;
         self.snapshot_term = term;
         self.unstable_from = self.unstable_from.max(index + 1);
-        self.snapshot = Some(Snapshot { index, term, data });
+        self.snapshot = Some(Snapshot {
+            index,
+            term,
+            conf,
+            data,
+        });
         true
     }
 
@@ -243,12 +291,16 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn e(index: u64, term: u64) -> Entry {
+        Entry::new(term, index, vec![1])
+    }
+
+    fn conf_entry(index: u64, term: u64, voters: &[u64]) -> Entry {
         Entry {
-            term,
-            index,
-            data: vec![1],
+            conf: Membership::new(voters.to_vec(), Vec::new()),
+            ..e(index, term)
         }
     }
 
@@ -293,24 +345,20 @@ mod tests {
         let mut l = log_of(&[1, 1, 2, 2]);
         l.committed = 3;
         l.applied = 3;
-        assert!(!l.compact(4, vec![]));
-        assert!(l.compact(2, vec![9]));
+        assert!(!l.compact(4, Membership::default(), vec![]));
+        assert!(l.compact(2, Membership::default(), vec![9]));
         assert_eq!(l.term(2), Some(1));
         assert_eq!(l.term(1), None);
         assert_eq!(l.entries_from(2, 10, 100), None);
         assert_eq!(l.entries_from(3, 10, 100).map(|v| v.len()), Some(2));
-        assert!(!l.compact(2, vec![]));
+        assert!(!l.compact(2, Membership::default(), vec![]));
     }
 
     #[test]
     fn entries_from_respects_limits_but_sends_one() {
         let mut l = log_of(&[]);
         for i in 1..=5 {
-            l.push(Entry {
-                term: 1,
-                index: i,
-                data: vec![0; 10],
-            });
+            l.push(Entry::new(1, i, vec![0; 10]));
         }
         // Each entry costs 10 bytes of data plus ENTRY_OVERHEAD.
         let one = Config::entry_size(10);
@@ -328,5 +376,29 @@ mod tests {
         let u = l.take_unstable();
         assert_eq!(u.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3]);
         assert!(!l.has_unstable());
+    }
+
+    #[test]
+    fn the_latest_configuration_is_in_force_and_truncation_reverts_it() {
+        let mut l = log_of(&[1]);
+        assert_eq!(l.latest_conf(), None);
+        l.push(conf_entry(2, 1, &[1, 2, 3, 4]));
+        l.push(e(3, 1));
+        assert_eq!(l.latest_conf().map(|c| c.voters.len()), Some(4));
+        assert_eq!(l.conf_at(1), None);
+        assert_eq!(l.latest_conf_index(), 2);
+        // A new leader's log replaces index 2 on: the configuration entry goes with it.
+        l.truncate_and_append(&[e(2, 2)]);
+        assert_eq!(l.latest_conf(), None);
+        assert_eq!(l.latest_conf_index(), 0);
+        l.truncate_and_append(&[conf_entry(3, 2, &[1, 2])]);
+        l.committed = 3;
+        l.applied = 3;
+        let at3 = l.conf_at(3).cloned().unwrap_or_default();
+        // Compaction moves the configuration into the snapshot.
+        assert!(l.compact(3, at3.clone(), vec![]));
+        assert_eq!(l.latest_conf_index(), 0);
+        assert_eq!(l.latest_conf(), Some(&at3));
+        assert_eq!(at3.voters, vec![1, 2]);
     }
 }

@@ -6,17 +6,93 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Identifier of a cluster member. Membership is fixed, so ids are just numbers from the config.
+/// Identifier of a cluster member: a number from the cluster's configuration.
 pub type NodeId = u64;
 
-/// One replicated log entry. An entry with empty `data` is the no-op a new leader appends
-/// (Raft §8) so it can commit entries of earlier terms; applications skip it.
+/// The members of the cluster as of some log position (Raft thesis §4). Voters form quorums,
+/// vote and may lead; learners receive the log but neither vote nor count towards a commit
+/// (thesis §4.2.1: a new server catches up as a non-voting member before it joins a quorum,
+/// so that adding it never stalls commits). Both lists are sorted, without duplicates, and
+/// disjoint; [`Membership::new`] makes them so.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// Members that vote and count towards a quorum.
+    pub voters: Vec<NodeId>,
+    /// Members that only receive the log.
+    pub learners: Vec<NodeId>,
+}
+
+impl Membership {
+    /// Sorted and deduplicated; `None` if there is no voter or a node is both voter and
+    /// learner.
+    pub fn new(mut voters: Vec<NodeId>, mut learners: Vec<NodeId>) -> Option<Membership> {
+        voters.sort_unstable();
+        voters.dedup();
+        learners.sort_unstable();
+        learners.dedup();
+        if voters.is_empty() || learners.iter().any(|l| voters.binary_search(l).is_ok()) {
+            return None;
+        }
+        Some(Membership { voters, learners })
+    }
+
+    /// Whether the lists are in the form [`Membership::new`] makes (a peer's entry may not be).
+    pub fn is_well_formed(&self) -> bool {
+        let sorted = |v: &[NodeId]| v.windows(2).all(|w| w[0] < w[1]);
+        !self.voters.is_empty()
+            && sorted(&self.voters)
+            && sorted(&self.learners)
+            && !self.learners.iter().any(|l| self.is_voter(*l))
+    }
+
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.binary_search(&id).is_ok()
+    }
+
+    /// Voters, then learners.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(&self.learners).copied()
+    }
+
+    /// Votes (or acknowledgements) needed for a majority of the voters (Raft §5.2).
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Thesis §4.1: a change of at most one voter keeps every majority of the old voters
+    /// overlapping every majority of the new ones, so the cluster can switch without joint
+    /// consensus. Learners may come and go freely: they are in no majority.
+    pub fn is_single_step_to(&self, next: &Membership) -> bool {
+        let added = next.voters.iter().filter(|v| !self.is_voter(**v)).count();
+        let removed = self.voters.iter().filter(|v| !next.is_voter(**v)).count();
+        added + removed <= 1
+    }
+
+    /// Upper bound on the encoded size (postcard: two length prefixes and a varint per id).
+    pub fn encoded_bound(&self) -> usize {
+        20 + 10 * (self.voters.len() + self.learners.len())
+    }
+}
+
+/// One replicated log entry. An entry with empty `data` and no `conf` is the no-op a new
+/// leader appends (Raft §8) so it can commit entries of earlier terms; applications skip it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Term of the leader that created the entry.
     pub term: u64,
     /// Position in the log, starting at 1.
     pub index: u64,
+    /// A configuration entry: the membership from this entry on. Every member uses the
+    /// latest one in its log, committed or not, and falls back to the previous one if the
+    /// entry is truncated away (thesis §4.1). `data` still goes to the application, which
+    /// records why the membership changed.
+    pub conf: Option<Membership>,
     /// Opaque command for the state machine; empty for the leader no-op. Encoded as one byte
     /// string (same postcard bytes as a sequence, but copied at once instead of byte by byte:
     /// a multi-megabyte entry took long enough to encode and decode to cost elections).
@@ -25,9 +101,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A plain entry carrying `data`.
+    pub fn new(term: u64, index: u64, data: Vec<u8>) -> Entry {
+        Entry {
+            term,
+            index,
+            conf: None,
+            data,
+        }
+    }
+
     /// Whether this is the leader no-op of Raft §8 (carries no command).
     pub fn is_noop(&self) -> bool {
-        self.data.is_empty()
+        self.data.is_empty() && self.conf.is_none()
+    }
+
+    /// Upper bound on this entry's encoded size, as the message budget counts it.
+    pub fn encoded_bound(&self) -> usize {
+        crate::config::Config::entry_size(self.data.len())
+            .saturating_add(self.conf.as_ref().map_or(0, Membership::encoded_bound))
     }
 }
 
@@ -51,6 +143,9 @@ pub struct Snapshot {
     pub index: u64,
     /// Term of the entry at `index`, needed for the consistency check of the next append.
     pub term: u64,
+    /// The membership in force at `index` (thesis §4: the log prefix it replaces may have
+    /// held the configuration entries that made it).
+    pub conf: Membership,
     /// Opaque application state.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,

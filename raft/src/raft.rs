@@ -12,7 +12,7 @@ use rand_core::{Rng, SeedableRng};
 use crate::config::{Config, MESSAGE_OVERHEAD};
 use crate::error::{ProposeError, RaftError};
 use crate::log::RaftLog;
-use crate::message::{Entry, HardState, Message, MessageBody, NodeId, Snapshot};
+use crate::message::{Entry, HardState, Membership, Message, MessageBody, NodeId, Snapshot};
 use crate::progress::{Progress, ProgressState};
 use crate::read_only::{ReadOnly, ReadState};
 
@@ -32,8 +32,10 @@ pub enum Role {
 pub(crate) struct Raft {
     pub(crate) id: NodeId,
     pub(crate) cfg: Config,
-    /// Sorted, deduplicated members.
-    voters: Vec<NodeId>,
+    /// The membership before any configuration entry or snapshot (the static config).
+    initial: Membership,
+    /// The membership in force: the latest in the log (thesis §4.1), else `initial`.
+    conf: Membership,
     pub(crate) term: u64,
     pub(crate) vote: Option<NodeId>,
     pub(crate) leader: Option<NodeId>,
@@ -59,13 +61,17 @@ pub(crate) struct Raft {
 
 impl Raft {
     pub(crate) fn new(cfg: Config, hs: HardState, log: RaftLog) -> Self {
-        let mut voters = cfg.voters.clone();
-        voters.sort_unstable();
-        voters.dedup();
+        // `Config::validate` refused an empty or overlapping membership.
+        let initial = Membership::new(cfg.voters.clone(), cfg.learners.clone()).unwrap_or_default();
+        let conf = log
+            .latest_conf()
+            .cloned()
+            .unwrap_or_else(|| initial.clone());
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut r = Raft {
             id: cfg.id,
-            voters,
+            initial,
+            conf,
             term: hs.term,
             vote: hs.vote,
             leader: None,
@@ -100,7 +106,67 @@ impl Raft {
     }
 
     fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+        self.conf.quorum()
+    }
+
+    /// The membership in force.
+    pub(crate) fn membership(&self) -> &Membership {
+        &self.conf
+    }
+
+    fn is_voter(&self) -> bool {
+        self.conf.is_voter(self.id)
+    }
+
+    /// Whether this node may campaign: a voter, or a voter being removed by a change that is
+    /// not committed yet. Thesis §4.2.2: such a server "might still be needed until the C_new
+    /// entry is committed" — if the leader that appended it is gone and only this node holds
+    /// the entry, no other voter's log is up to date enough to win. It then counts only the
+    /// new configuration's votes (`poll`), commits the change and steps down.
+    fn promotable(&self) -> bool {
+        if self.is_voter() {
+            return true;
+        }
+        let at = self.log.latest_conf_index();
+        at > self.log.committed
+            && self
+                .log
+                .conf_at(at - 1)
+                .unwrap_or(&self.initial)
+                .is_voter(self.id)
+    }
+
+    /// Thesis §4.1: a member uses the latest configuration in its log as soon as it is
+    /// appended, and the previous one again if it is truncated away. A leader starts or stops
+    /// replicating to the members that came or went; a candidate that is no longer a voter
+    /// gives up.
+    fn refresh_conf(&mut self) {
+        let latest = self
+            .log
+            .latest_conf()
+            .cloned()
+            .unwrap_or_else(|| self.initial.clone());
+        if latest == self.conf {
+            return;
+        }
+        self.conf = latest;
+        if self.role == Role::Leader {
+            let next = self.log.last_index() + 1;
+            let max_inflight = self.cfg.max_inflight;
+            let (me, conf) = (self.id, &self.conf);
+            self.prs.retain(|id, _| *id == me || conf.contains(*id));
+            for id in self.conf.members() {
+                self.prs
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next, max_inflight));
+            }
+            if self.transferee.is_some_and(|t| !self.conf.is_voter(t)) {
+                self.transferee = None;
+            }
+        } else if self.role != Role::Follower && !self.promotable() {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
     }
 
     pub(crate) fn randomized_election_timeout(&self) -> u32 {
@@ -135,9 +201,9 @@ impl Raft {
         let next = self.log.last_index() + 1;
         let max_inflight = self.cfg.max_inflight;
         self.prs = self
-            .voters
-            .iter()
-            .map(|&id| (id, Progress::new(next, max_inflight)))
+            .conf
+            .members()
+            .map(|id| (id, Progress::new(next, max_inflight)))
             .collect();
         let me_match = self.own_match();
         if let Some(me) = self.prs.get_mut(&self.id) {
@@ -184,7 +250,7 @@ impl Raft {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = Some(self.id);
-        self.append_entry(Vec::new());
+        self.append_entry(None, Vec::new());
         self.bcast_append();
         self.maybe_commit();
     }
@@ -192,6 +258,9 @@ impl Raft {
     /// Start an election: a pre-vote round first when configured, unless the leader asked us
     /// to take over (transfer), which must not be delayed.
     fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        if !self.promotable() {
+            return; // a learner or a removed member never leads (thesis §4.2.1)
+        }
         let vote_term = if pre_vote {
             self.become_pre_candidate();
             self.term + 1
@@ -204,13 +273,14 @@ impl Raft {
         }
         let last_log_index = self.log.last_index();
         let last_log_term = self.log.last_term();
-        let peers: Vec<NodeId> = self
+        let voters: Vec<NodeId> = self
+            .conf
             .voters
             .iter()
             .copied()
             .filter(|&v| v != self.id)
             .collect();
-        for to in peers {
+        for to in voters {
             self.send(
                 to,
                 vote_term,
@@ -226,6 +296,9 @@ impl Raft {
 
     /// Count a (pre-)vote; act when the outcome is decided. Returns true if the role changed.
     fn poll(&mut self, from: NodeId, granted: bool) -> bool {
+        if !self.conf.is_voter(from) {
+            return false; // only voters of the membership in force count (thesis §4.1)
+        }
         self.votes.entry(from).or_insert(granted);
         let yes = self.votes.values().filter(|&&g| g).count();
         let no = self.votes.len() - yes;
@@ -254,7 +327,7 @@ impl Raft {
             self.tick_leader();
         } else {
             self.election_elapsed += 1;
-            if self.election_elapsed >= self.randomized_election_timeout {
+            if self.election_elapsed >= self.randomized_election_timeout && self.promotable() {
                 // Raft §5.2: no word from a leader for an election timeout: campaign.
                 self.election_elapsed = 0;
                 self.campaign(self.cfg.pre_vote, false);
@@ -270,7 +343,11 @@ impl Raft {
             if self.cfg.check_quorum {
                 // Check quorum (thesis §6.2): a leader cut off from a majority steps down
                 // rather than serving stale reads or accepting doomed proposals.
-                let active = self.prs.values().filter(|p| p.recent_active).count();
+                let active = self
+                    .prs
+                    .iter()
+                    .filter(|(id, p)| p.recent_active && self.conf.is_voter(**id))
+                    .count();
                 if active < self.quorum() {
                     let term = self.term;
                     self.become_follower(term, None);
@@ -305,13 +382,18 @@ impl Raft {
 
     // ---------------------------------------------------------------- leader sending
 
-    fn append_entry(&mut self, data: Vec<u8>) -> u64 {
+    fn append_entry(&mut self, conf: Option<Membership>, data: Vec<u8>) -> u64 {
         let index = self.log.last_index() + 1;
+        let changes_conf = conf.is_some();
         self.log.push(Entry {
             term: self.term,
             index,
+            conf,
             data,
         });
+        if changes_conf {
+            self.refresh_conf();
+        }
         let parallel = self.cfg.parallel_leader_append;
         if let Some(me) = self.prs.get_mut(&self.id) {
             if !parallel {
@@ -418,12 +500,9 @@ impl Raft {
         }
     }
 
+    /// Everyone this leader replicates to: voters and learners (thesis §4.2.1), not itself.
     fn peers(&self) -> Vec<NodeId> {
-        self.voters
-            .iter()
-            .copied()
-            .filter(|&v| v != self.id)
-            .collect()
+        self.conf.members().filter(|&v| v != self.id).collect()
     }
 
     /// Send pending entries to every follower, pipelining as far as flow control allows.
@@ -460,7 +539,14 @@ impl Raft {
     /// Raft §5.3/§5.4.2: commit the highest index stored on a quorum, but only if it is of
     /// the current term; older entries are committed indirectly with it (figure 8).
     fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<u64> = self.prs.values().map(|p| p.match_index).collect();
+        // Only voters count; a leader that is removing itself counts only the others (thesis
+        // §4.2.2).
+        let mut matched: Vec<u64> = self
+            .conf
+            .voters
+            .iter()
+            .map(|v| self.prs.get(v).map_or(0, |p| p.match_index))
+            .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let Some(&mci) = matched.get(self.quorum() - 1) else {
             return false;
@@ -468,6 +554,12 @@ impl Raft {
         if mci > self.log.committed && self.log.term(mci) == Some(self.term) {
             self.log.commit_to(mci);
             self.on_commit_in_term();
+            if !self.is_voter() && self.log.committed >= self.log.latest_conf_index() {
+                // Thesis §4.2.2: a leader removed by the configuration it just committed
+                // steps down; the remaining voters elect a leader among themselves.
+                let term = self.term;
+                self.become_follower(term, None);
+            }
             true
         } else {
             false
@@ -491,7 +583,7 @@ impl Raft {
 
     fn start_read(&mut self, ctx: u64) {
         let index = self.log.committed;
-        if self.voters.len() == 1 {
+        if self.conf.voters == [self.id] {
             self.read_states.push(ReadState { ctx, index });
         } else {
             self.read_only.add(ctx, index);
@@ -522,7 +614,56 @@ impl Raft {
                 max,
             });
         }
-        let index = self.append_entry(data);
+        let index = self.append_entry(None, data);
+        self.pending_bcast = true;
+        self.maybe_commit();
+        Ok(index)
+    }
+
+    /// Thesis §4.1 single-server membership change: appends a configuration entry for
+    /// `conf`, in force from now on for this leader (and for each follower once appended).
+    /// Refused while an earlier change is uncommitted (changes go one at a time) and until
+    /// an entry of this leader's term has committed: without that, a leader elected under
+    /// one configuration could commit a change that overlaps an uncommitted change of a
+    /// previous leader without a common majority (the bug Ongaro fixed on raft-dev in 2015).
+    /// `data` goes to the application with the entry.
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        conf: Membership,
+        data: Vec<u8>,
+    ) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if !conf.is_well_formed() {
+            return Err(ProposeError::InvalidMembership(
+                "no voter, unsorted, duplicated, or both voter and learner",
+            ));
+        }
+        if !self.conf.is_single_step_to(&conf) {
+            return Err(ProposeError::InvalidMembership(
+                "more than one voter added or removed at once",
+            ));
+        }
+        if self.log.latest_conf_index() > self.log.committed || !self.committed_in_term() {
+            return Err(ProposeError::ConfChangePending);
+        }
+        let max = self
+            .cfg
+            .max_entry_data_bytes()
+            .saturating_sub(conf.encoded_bound());
+        if data.len() > max {
+            return Err(ProposeError::TooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        let index = self.append_entry(Some(conf), data);
         self.pending_bcast = true;
         self.maybe_commit();
         Ok(index)
@@ -574,7 +715,7 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if !self.voters.contains(&to) {
+        if !self.conf.is_voter(to) {
             return Err(ProposeError::UnknownPeer(to));
         }
         if to == self.id || self.transferee == Some(to) {
@@ -605,7 +746,19 @@ impl Raft {
                 max,
             });
         }
-        if self.log.compact(index, data) {
+        let conf = self
+            .log
+            .conf_at(index)
+            .cloned()
+            .unwrap_or_else(|| self.initial.clone());
+        let max = max.saturating_sub(conf.encoded_bound());
+        if data.len() > max {
+            return Err(RaftError::SnapshotTooLarge {
+                size: data.len(),
+                max,
+            });
+        }
+        if self.log.compact(index, conf, data) {
             Ok(())
         } else {
             Err(RaftError::CompactOutOfRange {
@@ -625,7 +778,14 @@ impl Raft {
                 me: self.id,
             });
         }
-        if m.from == self.id || !self.voters.contains(&m.from) {
+        // Thesis §4.1: requests are processed without consulting the configuration. A leader
+        // or a candidate may be a voter of a configuration entry this node has not received
+        // yet, and refusing it could leave nobody able to win (a new voter that holds the
+        // only up-to-date log needs the vote of one that has not heard of it). Answers from
+        // non-members are ignored where they are counted (`poll`, `prs`); the transport's
+        // allow-list keeps strangers out, and the leader lease (`in_lease`) keeps a removed
+        // member's elections from disrupting the cluster (thesis §4.2.3).
+        if m.from == self.id {
             return Err(RaftError::UnknownPeer(m.from));
         }
         if m.term > self.term {
@@ -760,11 +920,13 @@ impl Raft {
                 reject_hint,
                 read_ctx,
             } => {
-                if let Some(seq) = read_ctx {
-                    // Any answer in our term confirms we were still leader when the round
-                    // started (thesis §6.4 step 3).
+                if let Some(seq) = read_ctx.filter(|_| self.conf.is_voter(m.from)) {
+                    // Any voter's answer in our term confirms we were still leader when the
+                    // round started (thesis §6.4 step 3). `release` counts the leader itself,
+                    // which a leader removing itself must not (thesis §4.2.2).
                     self.read_only.ack(m.from, seq);
-                    let released = self.read_only.release(self.quorum());
+                    let quorum = self.quorum() + usize::from(!self.is_voter());
+                    let released = self.read_only.release(quorum);
                     self.read_states.extend(released);
                 }
                 self.handle_append_response(m.from, success, match_index, reject_hint);
@@ -968,6 +1130,9 @@ impl Raft {
             if e.term < last_term || e.term > term {
                 return invalid("entry terms out of order");
             }
+            if e.conf.as_ref().is_some_and(|c| !c.is_well_formed()) {
+                return invalid("malformed configuration entry");
+            }
             last_term = e.term;
         }
         if prev_term > term {
@@ -990,6 +1155,7 @@ impl Raft {
                 // Raft §5.3: delete the conflicting entry and all that follow, then append.
                 let start = (conflict - prev - 1) as usize;
                 self.log.truncate_and_append(&entries[start..]);
+                self.refresh_conf();
             }
             // Raft §5.3 rule 5: commit up to min(leaderCommit, index of last new entry).
             self.log.commit_to(leader_commit.min(last_new));
@@ -1012,7 +1178,7 @@ impl Raft {
         term: u64,
         snap: Snapshot,
     ) -> Result<(), RaftError> {
-        if snap.index == 0 || snap.term == 0 || snap.term > term {
+        if snap.index == 0 || snap.term == 0 || snap.term > term || !snap.conf.is_well_formed() {
             return Err(RaftError::InvalidMessage {
                 from,
                 reason: "malformed snapshot",
@@ -1027,6 +1193,7 @@ impl Raft {
         } else {
             // Raft §7: discard the log and take the snapshot.
             self.log.restore(snap);
+            self.refresh_conf();
         }
         let match_index = self.log.committed;
         self.send(

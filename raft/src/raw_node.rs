@@ -3,7 +3,7 @@
 use crate::config::{Config, ConfigError};
 use crate::error::{ProposeError, RaftError};
 use crate::log::RaftLog;
-use crate::message::{Entry, HardState, Message, NodeId, Snapshot};
+use crate::message::{Entry, HardState, Membership, Message, NodeId, Snapshot};
 use crate::raft::{Raft, Role};
 use crate::read_only::ReadState;
 
@@ -142,6 +142,9 @@ impl RawNode {
             if e.term < prev_term || e.term > hard_state.term {
                 return Err(RaftError::CorruptState("entry terms out of order"));
             }
+            if e.conf.as_ref().is_some_and(|c| !c.is_well_formed()) {
+                return Err(RaftError::CorruptState("malformed configuration entry"));
+            }
             prev_term = e.term;
         }
         let last = si + entries.len() as u64;
@@ -149,6 +152,9 @@ impl RawNode {
             return Err(RaftError::CorruptState(
                 "commit index beyond the stored log",
             ));
+        }
+        if snapshot.as_ref().is_some_and(|s| !s.conf.is_well_formed()) {
+            return Err(RaftError::CorruptState("malformed snapshot membership"));
         }
         if st > hard_state.term {
             return Err(RaftError::CorruptState(
@@ -188,6 +194,24 @@ impl RawNode {
     /// together (batching).
     pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, ProposeError> {
         self.raft.propose(data)
+    }
+
+    /// Change the membership to `conf` (leader only): one voter added or removed, learners
+    /// added, removed or promoted, at most one change uncommitted at a time (thesis §4.1).
+    /// The change is in force on each member as soon as it appends the entry; `data` reaches
+    /// the application with the entry in `Ready::committed`. A leader that removes itself
+    /// steps down once the entry commits (thesis §4.2.2).
+    pub fn propose_conf_change(
+        &mut self,
+        conf: Membership,
+        data: Vec<u8>,
+    ) -> Result<u64, ProposeError> {
+        self.raft.propose_conf_change(conf, data)
+    }
+
+    /// The membership in force on this node: the latest in its log (thesis §4.1).
+    pub fn membership(&self) -> &Membership {
+        self.raft.membership()
     }
 
     /// Request a linearizable read (leader only, thesis §6.4). A [`ReadState`] with this

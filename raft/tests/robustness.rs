@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use faultline_raft::{
-    Config, ConfigError, Entry, HardState, Message, MessageBody, PersistedState, RaftError,
-    RawNode, Role, Snapshot,
+    Config, ConfigError, Entry, HardState, Membership, Message, MessageBody, PersistedState,
+    RaftError, RawNode, Role, Snapshot,
 };
 use proptest::prelude::*;
 
@@ -19,20 +19,60 @@ fn leader3() -> Net {
 }
 
 #[test]
-fn misaddressed_and_unknown_senders_are_reported_and_ignored() {
+fn misaddressed_and_self_sent_messages_are_reported_and_ignored() {
     let mut n = RawNode::new(config(1, 3)).unwrap();
     let e = n.step(msg(2, 7, 1, append(0, 0, vec![], 0)));
     assert_eq!(e, Err(RaftError::WrongRecipient { to: 7, me: 1 }));
-    assert_eq!(
-        n.step(msg(9, 1, 5, vote_req(0, 0))),
-        Err(RaftError::UnknownPeer(9))
-    );
     assert_eq!(
         n.step(msg(1, 1, 5, vote_req(0, 0))),
         Err(RaftError::UnknownPeer(1))
     );
     assert_eq!(n.term(), 0);
     assert!(!n.has_ready());
+}
+
+/// Thesis §4.1: a server grants its vote to a candidate outside its latest configuration (it
+/// may be a voter of an entry this server has not received yet); what a non-member answers
+/// is never counted.
+#[test]
+fn a_non_member_candidate_is_answered_but_its_answers_do_not_count() {
+    let mut n = RawNode::new(config(1, 3)).unwrap();
+    assert_eq!(n.step(msg(9, 1, 5, vote_req(0, 0))), Ok(()));
+    assert_eq!((n.term(), n.status().vote), (5, Some(9)));
+    let granted = take_msgs(&mut n).iter().any(|m| {
+        m.to == 9
+            && m.body
+                == MessageBody::RequestVoteResponse {
+                    granted: true,
+                    pre_vote: false,
+                }
+    });
+    assert!(granted);
+
+    // A candidate of three voters counts no vote from node 9.
+    let mut c = RawNode::new(config(1, 3)).unwrap();
+    for _ in 0..100 {
+        c.tick();
+        if c.role() == Role::Candidate || c.role() == Role::PreCandidate {
+            break;
+        }
+    }
+    let asked: Vec<_> = take_msgs(&mut c);
+    let term = asked.first().map(|m| m.term).unwrap_or_default();
+    let pre_vote = c.role() == Role::PreCandidate;
+    for _ in 0..3 {
+        let _ = c.step(msg(
+            9,
+            1,
+            term,
+            MessageBody::RequestVoteResponse {
+                granted: true,
+                pre_vote,
+            },
+        ));
+    }
+    assert_ne!(c.role(), Role::Leader);
+    assert_ne!(c.role(), Role::Candidate, "a non-member's pre-vote counted");
 }
 
 #[test]
@@ -92,20 +132,40 @@ fn hostile_values_do_not_panic_or_corrupt_the_leader() {
 #[test]
 fn malformed_appends_and_snapshots_are_rejected_by_followers() {
     let mut n = RawNode::new(config(1, 3)).unwrap();
-    let e = |i, t| Entry {
-        term: t,
-        index: i,
-        data: vec![1],
+    let e = |i, t| Entry::new(t, i, vec![1]);
+    let conf_entry = |conf| Entry {
+        conf: Some(conf),
+        ..e(1, 1)
     };
     let bad = vec![
         append(u64::MAX, 1, vec![e(0, 1)], 0),   // index overflow
         append(0, 0, vec![e(1, 1), e(3, 1)], 0), // gap
         append(0, 0, vec![e(1, 2), e(2, 1)], 0), // decreasing terms
         append(0, 0, vec![e(1, 9)], 0),          // entry term above leader term
+        // configuration entries without a voter, or unsorted
+        append(0, 0, vec![conf_entry(Membership::default())], 0),
+        append(
+            0,
+            0,
+            vec![conf_entry(Membership {
+                voters: vec![3, 1],
+                learners: vec![],
+            })],
+            0,
+        ),
+        MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                index: 5,
+                term: 1,
+                conf: Membership::default(),
+                data: vec![],
+            },
+        },
         MessageBody::InstallSnapshot {
             snapshot: Snapshot {
                 index: 0,
                 term: 1,
+                conf: members(3),
                 data: vec![],
             },
         },
@@ -113,6 +173,7 @@ fn malformed_appends_and_snapshots_are_rejected_by_followers() {
             snapshot: Snapshot {
                 index: 5,
                 term: 9,
+                conf: members(3),
                 data: vec![],
             },
         },
@@ -157,16 +218,7 @@ fn a_leader_never_truncates_committed_entries_on_a_follower() {
         2,
         1,
         3,
-        append(
-            1,
-            1,
-            vec![Entry {
-                term: 3,
-                index: 2,
-                data: vec![],
-            }],
-            0,
-        ),
+        append(1, 1, vec![Entry::new(3, 2, vec![])], 0),
     ));
     // prev (1) is below our commit (2): answered with our commit, never truncated.
     assert!(r.is_ok());
@@ -311,6 +363,7 @@ fn message_type_names() {
             snapshot: Snapshot {
                 index: 1,
                 term: 1,
+                conf: members(3),
                 data: vec![],
             },
         },
@@ -374,7 +427,7 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
     )
     .prop_map(|v| {
         v.into_iter()
-            .map(|(term, index, data)| Entry { term, index, data })
+            .map(|(term, index, data)| Entry::new(term, index, data))
             .collect::<Vec<_>>()
     });
     prop_oneof![
@@ -422,6 +475,7 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
             snapshot: Snapshot {
                 index: i,
                 term: t,
+                conf: members(3),
                 data: vec![]
             }
         }),

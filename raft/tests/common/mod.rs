@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use faultline_raft::{
-    Config, Entry, HardState, Message, MessageBody, NodeId, PersistedState, RawNode, ReadState,
-    Ready, Role, Snapshot,
+    Config, Entry, HardState, Membership, Message, MessageBody, NodeId, PersistedState, RawNode,
+    ReadState, Ready, Role, Snapshot,
 };
 
 /// What a node's disk holds.
@@ -82,12 +82,13 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
     terms
         .iter()
         .enumerate()
-        .map(|(i, &t)| Entry {
-            term: t,
-            index: i as u64 + 1,
-            data: format!("t{t}i{}", i + 1).into_bytes(),
-        })
+        .map(|(i, &t)| Entry::new(t, i as u64 + 1, format!("t{t}i{}", i + 1).into_bytes()))
         .collect()
+}
+
+/// Voters 1..=n, no learners.
+pub fn members(n: u64) -> Membership {
+    Membership::new((1..=n).collect(), Vec::new()).expect("at least one voter")
 }
 
 pub fn config(id: NodeId, n: u64) -> Config {
@@ -447,15 +448,16 @@ impl Net {
         self.node_mut(id)
             .compact(applied, data.clone())
             .expect("compact");
+        // Persist exactly the snapshot the core will serve (it carries the membership).
+        let snapshot = self.node(id).snapshot().cloned();
+        assert_eq!(
+            snapshot.as_ref().map(|s| (s.index, &s.data)),
+            Some((applied, &data))
+        );
         let store = self.stores.get_mut(&id).expect("store");
-        let term = store.term_at(applied).expect("term of applied");
         let si = store.snapshot_index();
         store.entries.drain(..(applied - si) as usize);
-        store.snapshot = Some(Snapshot {
-            index: applied,
-            term,
-            data,
-        });
+        store.snapshot = snapshot;
         applied
     }
 
@@ -516,11 +518,7 @@ pub fn vote_req(last_log_index: u64, last_log_term: u64) -> MessageBody {
 }
 
 pub fn ent(index: u64, term: u64) -> Entry {
-    Entry {
-        term,
-        index,
-        data: vec![index as u8, term as u8],
-    }
+    Entry::new(term, index, vec![index as u8, term as u8])
 }
 
 /// Drain a standalone node's messages (persistence ignored).

@@ -63,7 +63,7 @@ fn raft_message_kind(bytes: &[u8]) -> &'static str {
 
 #[cfg(test)]
 mod kind_tests {
-    use faultline_raft::{Entry, Message, MessageBody, Snapshot};
+    use faultline_raft::{Entry, Membership, Message, MessageBody, Snapshot};
 
     use crate::engine::block_sync::SyncMessage;
 
@@ -73,11 +73,7 @@ mod kind_tests {
             MessageBody::AppendEntries {
                 prev_log_index: 3,
                 prev_log_term: 1,
-                entries: vec![Entry {
-                    term: 1,
-                    index: 4,
-                    data: vec![1, 2, 3],
-                }],
+                entries: vec![Entry::new(1, 4, vec![1, 2, 3])],
                 leader_commit: 2,
                 read_ctx: Some(9),
             },
@@ -101,6 +97,7 @@ mod kind_tests {
                 snapshot: Snapshot {
                     index: 1,
                     term: 1,
+                    conf: Membership::new(vec![1, 2, 3], vec![4]).unwrap_or_default(),
                     data: vec![0; 10],
                 },
             },
