@@ -285,6 +285,71 @@ pub struct Partition {
     pub blocked: Vec<u64>,
 }
 
+/// Domain prefix of the bytes an admin key signs (docs/SPEC.md "Admin requests").
+pub const ADMIN_DOMAIN: &[u8] = b"faultline-admin-v1";
+/// Operation tag of a leadership transfer in the admin signing bytes.
+const ADMIN_TAG_TRANSFER_LEADER: u8 = 1;
+
+/// `POST /v1/admin/transfer-leader`: an admin asks the Raft leader of `term` to hand its
+/// leadership to node `target` (thesis §3.10). Signed by the admin over
+/// `b"faultline-admin-v1" ‖ admin key (32) ‖ 1 ‖ target (u64 BE) ‖ term (u64 BE)`. The term makes
+/// the request single-use: a transfer (or any election) moves the cluster to a later term, after
+/// which a replayed request is refused with `409`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    #[serde(with = "hexser")]
+    pub admin: [u8; 32],
+    pub target: u64,
+    pub term: u64,
+    #[serde(with = "hexser")]
+    pub sig: [u8; 64],
+}
+
+impl TransferLeaderRequest {
+    fn signing_bytes(admin: &[u8; 32], target: u64, term: u64) -> Vec<u8> {
+        let mut b = Vec::with_capacity(ADMIN_DOMAIN.len() + 32 + 1 + 16);
+        b.extend_from_slice(ADMIN_DOMAIN);
+        b.extend_from_slice(admin);
+        b.push(ADMIN_TAG_TRANSFER_LEADER);
+        b.extend_from_slice(&target.to_be_bytes());
+        b.extend_from_slice(&term.to_be_bytes());
+        b
+    }
+
+    /// The request `key` signs to move the leadership of `term` to `target`.
+    pub fn sign(key: &SigningKey, target: u64, term: u64) -> TransferLeaderRequest {
+        use ed25519_dalek::Signer;
+        let admin = key.verifying_key().to_bytes();
+        let sig = key
+            .sign(&Self::signing_bytes(&admin, target, term))
+            .to_bytes();
+        TransferLeaderRequest {
+            admin,
+            target,
+            term,
+            sig,
+        }
+    }
+
+    /// Whether `admin` signed exactly this request (strict: no malleable signatures).
+    pub fn verifies(&self) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.admin) else {
+            return false;
+        };
+        let bytes = Self::signing_bytes(&self.admin, self.target, self.term);
+        key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&self.sig))
+            .is_ok()
+    }
+}
+
+/// `POST /v1/admin/transfer-leader`'s answer once the target leads: who leads, in which term.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderReply {
+    pub leader: u64,
+    pub term: u64,
+}
+
 /// `?wait=` of the write routes (default true).
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 pub struct WaitQuery {

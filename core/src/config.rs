@@ -73,6 +73,15 @@ pub struct ClientEntry {
     pub public_key: [u8; 32],
 }
 
+/// A key that may sign administrative operations (docs/SPEC.md "Membership"): a signed admin
+/// request names one of these or is refused with `403`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminEntry {
+    #[serde(with = "crate::ledger::hexser")]
+    pub public_key: [u8; 32],
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -82,6 +91,8 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeEntry>,
     #[serde(rename = "client", default)]
     pub clients: Vec<ClientEntry>,
+    #[serde(rename = "admin", default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<AdminEntry>,
     #[serde(default)]
     pub genesis: Genesis,
 }
@@ -167,7 +178,20 @@ impl ClusterConfig {
                 return bad(format!("node {i}: an address is used twice"));
             }
         }
+        let mut admins = BTreeSet::new();
+        for (j, admin) in self.admins.iter().enumerate() {
+            if ed25519_dalek::VerifyingKey::from_bytes(&admin.public_key).is_err() {
+                return bad(format!("admin {j}: public_key is not a valid ed25519 key"));
+            }
+            if !admins.insert(admin.public_key) {
+                return bad(format!("admin {j}: public_key is listed twice"));
+            }
+        }
         Ok(())
+    }
+
+    pub fn is_admin(&self, key: &[u8; 32]) -> bool {
+        self.admins.iter().any(|a| &a.public_key == key)
     }
 
     pub fn node(&self, id: u64) -> Option<&NodeEntry> {

@@ -80,6 +80,10 @@ enum Command {
         /// Number of client keys to create (each is a permitted writer).
         #[arg(long, default_value_t = 1)]
         clients: usize,
+        /// Number of admin keys to create (admin-<j>.key, listed as [[admin]] in cluster.toml;
+        /// they sign `faultline admin` operations).
+        #[arg(long, default_value_t = 0)]
+        admins: usize,
         /// Make node I run a misbehaviour: I=MODE with MODE one of silent, equivocate, forge,
         /// corrupt, ack-without-store, disrupt. Repeatable.
         #[arg(long, value_name = "I=MODE")]
@@ -99,6 +103,18 @@ enum Command {
         /// the node off from the peers it names (`faultline local --ui` uses it).
         #[arg(long, hide = true)]
         allow_partition: bool,
+    },
+    /// Administer a running cluster with an admin key (one listed under [[admin]] in
+    /// cluster.toml): see the member set, move Raft leadership.
+    Admin {
+        /// The cluster's cluster.toml.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The admin's secret key file (default: admin-0.key next to cluster.toml).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(subcommand)]
+        command: crate::client::admin::AdminCommand,
     },
     /// Submit signed transactions to a cluster or query its nodes.
     Client {
@@ -508,6 +524,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hosts,
             base_port,
             clients,
+            admins,
             byzantine,
         } => {
             let path = testnet::write(&testnet::TestnetSpec {
@@ -518,6 +535,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 hosts,
                 base_port,
                 clients,
+                admins,
                 byzantine,
                 timing: Timing::default(),
             })?;
@@ -541,6 +559,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command,
         } => {
             crate::client::run(&cluster, key, command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            cluster,
+            key,
+            command,
+        } => {
+            crate::client::admin::run(&cluster, key, command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -69,6 +69,23 @@ pub enum Cmd {
     Read {
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
+    /// An admin's checked request to hand the leadership to `to`, if the engine is still in
+    /// `term` (the term the admin signed; a later one means the request is stale).
+    TransferLeader {
+        to: NodeId,
+        term: u64,
+        reply: oneshot::Sender<Result<(), TransferRefused>>,
+    },
+}
+
+/// Why the driver did not start a leadership transfer.
+#[derive(Debug)]
+pub enum TransferRefused {
+    /// The engine is in another term than the one the admin signed.
+    StaleTerm {
+        now: Option<u64>,
+    },
+    Engine(crate::engine::TransferError),
 }
 
 /// The TCP peer of the connection a request came on, as a request extension (the admin route

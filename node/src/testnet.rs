@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::ByzantineSpec;
 use crate::config::{
-    Batching, ClientEntry, ClusterConfig, Limits, NodeConfig, NodeEntry, Protocol, Timing,
+    AdminEntry, Batching, ClientEntry, ClusterConfig, Limits, NodeConfig, NodeEntry, Protocol,
+    Timing,
 };
 use crate::keys;
 use crate::ledger::Genesis;
@@ -24,6 +25,8 @@ pub struct TestnetSpec {
     pub hosts: Vec<IpAddr>,
     pub base_port: u16,
     pub clients: usize,
+    /// Admin keys to create (`admin-<j>.key`, listed as `[[admin]]`).
+    pub admins: usize,
     pub byzantine: Vec<ByzantineSpec>,
     pub timing: Timing,
 }
@@ -136,11 +139,20 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
             public_key: key.verifying_key().to_bytes(),
         });
     }
+    let mut admins = Vec::with_capacity(spec.admins);
+    for j in 0..spec.admins {
+        let key = keys::generate()?;
+        keys::write_key(&spec.dir.join(format!("admin-{j}.key")), &key)?;
+        admins.push(AdminEntry {
+            public_key: key.verifying_key().to_bytes(),
+        });
+    }
     let cluster = ClusterConfig {
         protocol: spec.protocol,
         f: spec.protocol.max_faults(n),
         nodes,
         clients,
+        admins,
         genesis: Genesis {
             balances: GENESIS_ACCOUNTS
                 .iter()

@@ -78,6 +78,7 @@ impl Cluster {
             .arg(dir.path())
             .args(["--base-port", &base.to_string()])
             .args(["--clients", &clients.to_string()])
+            .args(["--admins", "1"])
             .output()
             .expect("run testnet");
         assert!(
@@ -297,8 +298,16 @@ impl Cluster {
         self.client_key_n(0)
     }
 
+    pub fn admin_key(&self) -> ed25519_dalek::SigningKey {
+        self.key_file("admin-0.key")
+    }
+
     pub fn client_key_n(&self, j: usize) -> ed25519_dalek::SigningKey {
-        let path = self.dir.path().join(format!("client-{j}.key"));
+        self.key_file(&format!("client-{j}.key"))
+    }
+
+    fn key_file(&self, name: &str) -> ed25519_dalek::SigningKey {
+        let path = self.dir.path().join(name);
         let text = std::fs::read_to_string(path).expect("key");
         let mut b = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut b).expect("hex key");

@@ -69,6 +69,19 @@ pub enum ProposeError {
     TooLarge { bytes: usize, max: usize },
 }
 
+/// Why a leadership transfer was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("this node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("node {0} is not a voting member")]
+    NotAVoter(NodeId),
+    #[error("a leadership transfer is already under way")]
+    InProgress,
+    #[error("{0} has no leadership transfer: its leader changes only by a view change")]
+    Unsupported(Protocol),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -177,6 +190,21 @@ pub trait Engine: Send {
     /// Block sync under way: `(lowest height fetched, target height)` (status endpoint).
     fn block_sync(&self) -> Option<(u64, u64)> {
         None
+    }
+
+    /// Hashes of transactions this node accepted with [`Engine::propose`] and then dropped
+    /// without ordering them: a Raft leader that lost its role forgets its queue (Raft §8: only
+    /// the leader proposes). They can no longer commit unless sent again, so their waiters are
+    /// answered at once and clients retry at the new leader instead of waiting for a timeout.
+    fn take_dropped(&mut self) -> Vec<[u8; 32]> {
+        Vec::new()
+    }
+
+    /// Hands this leader's role to voter `to` (Raft thesis §3.10): it brings `to` up to date,
+    /// tells it to campaign at once and refuses proposals meanwhile (at most an election
+    /// timeout). Transferring to itself is a no-op.
+    fn transfer_leader(&mut self, _to: NodeId) -> Result<(), TransferError> {
+        Err(TransferError::Unsupported(self.protocol()))
     }
 
     /// Reads started with [`Engine::read_index`] that may now be served from the store; call

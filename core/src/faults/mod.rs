@@ -36,6 +36,17 @@ macro_rules! passthrough_engine_methods {
         fn block_sync(&self) -> Option<(u64, u64)> {
             self.inner.block_sync()
         }
+
+        fn take_dropped(&mut self) -> Vec<[u8; 32]> {
+            self.inner.take_dropped()
+        }
+
+        fn transfer_leader(
+            &mut self,
+            to: crate::engine::NodeId,
+        ) -> Result<(), crate::engine::TransferError> {
+            self.inner.transfer_leader(to)
+        }
     };
 }
 

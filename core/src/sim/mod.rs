@@ -265,6 +265,7 @@ pub fn sim_cluster(
                 public_key: sim_client_key(c).verifying_key().to_bytes(),
             })
             .collect(),
+        admins: Vec::new(),
         genesis: Genesis {
             balances: ACCOUNTS.iter().map(|a| (a.to_string(), 1_000)).collect(),
         },

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod leadership;
 mod reads;
 mod writes;
 
@@ -24,6 +25,7 @@ use crate::client::wire;
 use crate::handle::Shared;
 use crate::ledger::TxRecord;
 use admin::{get_block, get_metrics, get_partition, get_status, post_partition};
+use leadership::post_transfer_leader;
 use reads::{get_balance, get_kv, get_receipt};
 pub use writes::MAX_BATCH_TXS;
 use writes::{post_tx, post_txs};
@@ -55,6 +57,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(get_status))
         .route("/v1/blocks/{height}", get(get_block))
         .route("/metrics", get(get_metrics))
+        .route("/v1/admin/transfer-leader", post(post_transfer_leader))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }

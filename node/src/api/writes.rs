@@ -321,7 +321,12 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
     for (slot, rx) in slots.into_iter().zip(receivers) {
         let r = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(rec)) => Ok(rec),
-            _ => Err(Rejection::Response(error(
+            // The driver dropped the waiter: the leader lost its role before ordering it.
+            Ok(Err(_)) => Err(Rejection::Response(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leadership moved before the transaction was ordered; retry with the same seq",
+            ))),
+            Err(_) => Err(Rejection::Response(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timed out waiting for the transaction to commit; retry with the same seq",
             ))),
@@ -344,7 +349,7 @@ async fn submit(shared: &Shared, txs: Vec<Tx>, wait: bool) -> Submitted {
 }
 
 /// Relays a request to the leader's API and its answer back (raft followers).
-async fn forward(
+pub(super) async fn forward(
     shared: &Shared,
     leader: u64,
     path: &str,

@@ -4,6 +4,7 @@
 //! and is accepted once f+1 nodes sent matching replies whose signatures verify against their
 //! public keys in cluster.toml (at least one is correct).
 
+pub mod admin;
 mod reads;
 pub mod wire;
 pub mod writes;

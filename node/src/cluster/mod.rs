@@ -127,6 +127,8 @@ impl LocalCluster {
             // Placeholder ports: start() rewrites cluster.toml with free ones.
             base_port: 1024,
             clients: spec.clients.max(1),
+            // One admin key (admin-0.key), so an operator can try `faultline admin` on it.
+            admins: 1,
             byzantine: spec.byzantine.clone(),
             timing: Timing::default(),
         })

@@ -11,7 +11,7 @@ use faultline_net::{Inbound, NetHandle, SendError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{drive_sending_early, Engine, EngineError, NodeId, Outgoing, ProposeError};
-use crate::handle::{Cmd, NodeStatus, Shared};
+use crate::handle::{Cmd, NodeStatus, Shared, TransferRefused};
 use crate::ledger::{Tx, TxRecord};
 use crate::store::AppliedBlock;
 
@@ -94,6 +94,10 @@ impl Driver {
             let now = Instant::now();
             if now >= next_tick {
                 self.engine.on_tick();
+                for hash in self.engine.take_dropped() {
+                    // Dropping the waiters answers their requests now (see `submit`).
+                    st.pending.remove(&hash);
+                }
                 ticks += 1;
                 // One tick per round even if several were missed (like MissedTickBehavior::
                 // Delay): a stalled node must not fire a burst of elections on waking.
@@ -168,6 +172,17 @@ impl Driver {
                         }
                     }
                 }
+                let _ = reply.send(result);
+            }
+            Cmd::TransferLeader { to, term, reply } => {
+                let now = self.engine.status().term;
+                let result = if now != Some(term) {
+                    Err(TransferRefused::StaleTerm { now })
+                } else {
+                    self.engine
+                        .transfer_leader(to)
+                        .map_err(TransferRefused::Engine)
+                };
                 let _ = reply.send(result);
             }
             Cmd::Read { reply } => {

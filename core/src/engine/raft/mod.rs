@@ -12,6 +12,9 @@ mod restore;
 mod sync;
 mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 
 use faultline_raft::{Entry, Message, RawNode, Role, Snapshot};
@@ -77,6 +80,9 @@ pub struct RaftEngine {
     opts: RaftOptions,
     /// Queued transactions with their encoded sizes (measured once, at proposal).
     pending: VecDeque<(Tx, usize)>,
+    /// Hashes of `pending` transactions dropped on losing leadership, for
+    /// [`Engine::take_dropped`].
+    dropped: Vec<[u8; 32]>,
     /// Largest encoded batch (`Vec<Tx>`) one entry may carry (see [`ENVELOPE_ROOM`]).
     max_batch_bytes: usize,
     /// Index of the newest entry this node proposed (inflight = last_proposed - commit).
@@ -240,7 +246,8 @@ impl Engine for RaftEngine {
         self.track_leader();
         if self.raw.role() != Role::Leader && !self.pending.is_empty() {
             // Raft §8: only the leader proposes; clients retry at the new leader.
-            self.pending.clear();
+            self.dropped
+                .extend(self.pending.drain(..).map(|(tx, _)| tx.hash()));
         }
     }
 
@@ -439,6 +446,19 @@ impl Engine for RaftEngine {
                 leader: self.raw.leader(),
             })?;
         Ok(true)
+    }
+
+    fn take_dropped(&mut self) -> Vec<[u8; 32]> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    fn transfer_leader(&mut self, to: NodeId) -> Result<(), super::TransferError> {
+        use faultline_raft::ProposeError as P;
+        self.raw.transfer_leadership(to).map_err(|e| match e {
+            P::NotLeader { leader } => super::TransferError::NotLeader { leader },
+            P::UnknownPeer(id) => super::TransferError::NotAVoter(id),
+            _ => super::TransferError::InProgress,
+        })
     }
 
     fn block_sync(&self) -> Option<(u64, u64)> {

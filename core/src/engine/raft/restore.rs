@@ -118,6 +118,7 @@ impl RaftEngine {
             raw,
             opts,
             pending: VecDeque::new(),
+            dropped: Vec::new(),
             max_batch_bytes,
             peers,
             n: n as u64,
