@@ -119,7 +119,8 @@ pub fn engine_message(protocol: Protocol, data: &[u8]) {
     }
 }
 
-/// A `POST /v1/tx`, `/v1/txs` or admin partition body as the API parses and checks it, and the
+/// A `POST /v1/tx`, `/v1/txs`, admin transfer-leader or partition body as the API parses and
+/// checks it, and the
 /// same bytes as a reply a (possibly Byzantine) replica sends a client, through the client
 /// protocol as `faultline client` decides on it.
 pub fn api_body(data: &[u8]) {
@@ -131,6 +132,10 @@ pub fn api_body(data: &[u8]) {
         let _ = crate::ledger::tx::verify_batch(&txs);
     }
     let _ = serde_json::from_slice::<crate::api_types::Partition>(data);
+    if let Ok(req) = serde_json::from_slice::<crate::api_types::TransferLeaderRequest>(data) {
+        let _ = req.verifies();
+    }
+    let _ = serde_json::from_slice::<crate::api_types::TransferLeaderReply>(data);
     reply_body(data);
 }
 
@@ -308,6 +313,8 @@ pub fn seed_api_bodies() -> Vec<Vec<u8>> {
     let kv = KvReply::sign(&node, 1, "k".into(), Some("v".into()), 3);
     out.extend(serde_json::to_vec(&kv).ok());
     out.push(br#"{"blocked":[1,2]}"#.to_vec());
+    let transfer = crate::api_types::TransferLeaderRequest::sign(&key, 2, 7);
+    out.extend(serde_json::to_vec(&transfer).ok());
     out
 }
 
