@@ -256,34 +256,28 @@ fn a_snapshot_carries_the_membership_to_a_joining_node_and_survives_restart() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Tick(u64),
-    Deliver,
-    Drop,
-    Duplicate,
-    Reorder(usize),
+    Fault(Fault),
     Propose,
     AddLearner(u64),
     Promote(u64),
     Remove(u64),
-    Crash(u64),
-    Restart(u64),
-    Compact(u64),
 }
 
 fn op(ids: u64) -> impl Strategy<Value = Op> {
+    let fault = |f: fn(u64) -> Fault| (1..=ids).prop_map(move |i| Op::Fault(f(i)));
     prop_oneof![
-        20 => (1..=ids).prop_map(Op::Tick),
-        30 => Just(Op::Deliver),
-        4 => Just(Op::Drop),
-        3 => Just(Op::Duplicate),
-        4 => any::<usize>().prop_map(Op::Reorder),
+        20 => fault(Fault::Tick),
+        30 => Just(Op::Fault(Fault::Deliver)),
+        4 => Just(Op::Fault(Fault::Drop)),
+        3 => Just(Op::Fault(Fault::Duplicate)),
+        4 => any::<usize>().prop_map(|k| Op::Fault(Fault::Reorder(k))),
         8 => Just(Op::Propose),
         2 => (1..=ids).prop_map(Op::AddLearner),
         2 => (1..=ids).prop_map(Op::Promote),
         2 => (1..=ids).prop_map(Op::Remove),
-        1 => (1..=ids).prop_map(Op::Crash),
-        2 => (1..=ids).prop_map(Op::Restart),
-        1 => (1..=ids).prop_map(Op::Compact),
+        1 => fault(Fault::Crash),
+        2 => fault(Fault::Restart),
+        1 => fault(Fault::Compact),
     ]
 }
 
@@ -322,27 +316,8 @@ fn run(voters: u64, extra: u64, ops: Vec<Op>, seed: u64) {
     let mut leader_of_term: BTreeMap<u64, u64> = BTreeMap::new();
     let mut counter = 0u32;
     for op in ops {
-        match op {
-            Op::Tick(i) => net.tick(i),
-            Op::Deliver => {
-                net.deliver_one();
-            }
-            Op::Drop => {
-                net.queue.pop_front();
-            }
-            Op::Duplicate => {
-                if let Some(m) = net.queue.front().cloned() {
-                    net.queue.push_back(m);
-                }
-            }
-            Op::Reorder(k) => {
-                if !net.queue.is_empty() {
-                    let k = k % net.queue.len();
-                    if let Some(m) = net.queue.remove(k) {
-                        net.queue.push_back(m);
-                    }
-                }
-            }
+        let fault = match op {
+            Op::Fault(f) => Some(f),
             Op::Propose => {
                 if let Some(l) = net.leader() {
                     counter += 1;
@@ -354,6 +329,7 @@ fn run(voters: u64, extra: u64, ops: Vec<Op>, seed: u64) {
                         net.drain(l);
                     }
                 }
+                None
             }
             Op::AddLearner(_) | Op::Promote(_) | Op::Remove(_) => {
                 if let Some(l) = net.leader() {
@@ -367,33 +343,14 @@ fn run(voters: u64, extra: u64, ops: Vec<Op>, seed: u64) {
                         }
                     }
                 }
+                None
             }
-            Op::Crash(i) => {
-                // At most a minority of every possible majority: one node down at a time.
-                let down = net.ids.iter().filter(|&&id| !net.is_up(id)).count();
-                if net.is_up(i) && down == 0 {
-                    net.crash(i);
-                }
-            }
-            Op::Restart(i) => {
-                if !net.is_up(i) {
-                    net.restart(i);
-                }
-            }
-            Op::Compact(i) => {
-                if net.is_up(i) {
-                    let s = &net.stores[&i];
-                    if s.applied > s.snapshot_index() {
-                        net.compact(i);
-                    }
-                }
-            }
+        };
+        // One node down at a time: at most a minority of every membership the run can reach.
+        if let Some(f) = fault {
+            net.inject(&f, 1);
         }
-        for id in net.leaders() {
-            let t = net.node(id).term();
-            let prev = *leader_of_term.entry(t).or_insert(id);
-            assert_eq!(prev, id, "two leaders in term {t}");
-        }
+        net.check_one_leader_per_term(&mut leader_of_term);
     }
     // Faults stop: everyone up, reliable network. The members of the leader's membership
     // must elect, commit, and all hold the commit.
@@ -443,7 +400,7 @@ fn run(voters: u64, extra: u64, ops: Vec<Op>, seed: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("MEMBERSHIP_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("MEMBERSHIP_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(5000), ..ProptestConfig::default() })]
 
     #[test]
     fn reconfiguration_under_faults_keeps_one_log_3_plus_2(ops in prop::collection::vec(op(5), 50..500), seed in any::<u64>()) {

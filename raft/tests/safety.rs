@@ -51,27 +51,15 @@ fn run(n: u64, ops: Vec<Op>, seed: u64, parallel: bool) {
     let mut leader_of_term: BTreeMap<u64, u64> = BTreeMap::new();
     let mut counter = 0u32;
     for op in ops {
-        match op {
-            Op::Tick(i) => net.tick(i),
-            Op::Deliver => {
-                net.deliver_one();
-            }
-            Op::Drop => {
-                net.queue.pop_front();
-            }
-            Op::Duplicate => {
-                if let Some(m) = net.queue.front().cloned() {
-                    net.queue.push_back(m);
-                }
-            }
-            Op::Reorder(k) => {
-                if !net.queue.is_empty() {
-                    let k = k % net.queue.len();
-                    if let Some(m) = net.queue.remove(k) {
-                        net.queue.push_back(m);
-                    }
-                }
-            }
+        let fault = match op {
+            Op::Tick(i) => Some(Fault::Tick(i)),
+            Op::Deliver => Some(Fault::Deliver),
+            Op::Drop => Some(Fault::Drop),
+            Op::Duplicate => Some(Fault::Duplicate),
+            Op::Reorder(k) => Some(Fault::Reorder(k)),
+            Op::Crash(i) => Some(Fault::Crash(i)),
+            Op::Restart(i) => Some(Fault::Restart(i)),
+            Op::Compact(i) => Some(Fault::Compact(i)),
             Op::Propose(i) => {
                 if net.is_up(i) {
                     counter += 1;
@@ -83,32 +71,14 @@ fn run(n: u64, ops: Vec<Op>, seed: u64, parallel: bool) {
                         net.drain(i);
                     }
                 }
+                None
             }
-            Op::Crash(i) => {
-                let down = net.ids.iter().filter(|&&id| !net.is_up(id)).count() as u64;
-                if net.is_up(i) && down < n / 2 {
-                    net.crash(i);
-                }
-            }
-            Op::Restart(i) => {
-                if !net.is_up(i) {
-                    net.restart(i);
-                }
-            }
-            Op::Compact(i) => {
-                if net.is_up(i) {
-                    let s = &net.stores[&i];
-                    if s.applied > s.snapshot_index() {
-                        net.compact(i);
-                    }
-                }
-            }
+        };
+        // A crash only while fewer than n/2 nodes are down.
+        if let Some(f) = fault {
+            net.inject(&f, (n / 2) as usize);
         }
-        for id in net.leaders() {
-            let t = net.node(id).term();
-            let prev = *leader_of_term.entry(t).or_insert(id);
-            assert_eq!(prev, id, "two leaders in term {t}");
-        }
+        net.check_one_leader_per_term(&mut leader_of_term);
     }
     // Faults stop: everyone up, reliable network. The cluster must elect and commit.
     for id in net.ids.clone() {

@@ -25,21 +25,12 @@ pub enum AdminCommand {
 }
 
 pub fn run(cluster_path: &Path, key: Option<PathBuf>, cmd: AdminCommand) -> Result<()> {
-    let cluster = ClusterConfig::load(cluster_path)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let key_path = key.unwrap_or_else(|| {
-        cluster_path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("admin-0.key")
-    });
+    let super::Cli {
+        cluster,
+        rt,
+        http,
+        key_path,
+    } = super::Cli::new(cluster_path, key, "admin-0.key")?;
     rt.block_on(async {
         match cmd {
             AdminCommand::Members => members(&cluster, &http).await,

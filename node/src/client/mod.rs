@@ -49,22 +49,48 @@ pub enum ClientCommand {
     Block { height: u64 },
 }
 
+/// What a one-shot CLI command needs: the cluster, a runtime, an HTTP client, and the key file
+/// (`key`, else `default_key` next to cluster.toml).
+pub(crate) struct Cli {
+    pub cluster: ClusterConfig,
+    pub rt: tokio::runtime::Runtime,
+    pub http: reqwest::Client,
+    pub key_path: PathBuf,
+}
+
+impl Cli {
+    pub(crate) fn new(cluster_path: &Path, key: Option<PathBuf>, default_key: &str) -> Result<Cli> {
+        let cluster = ClusterConfig::load(cluster_path)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let key_path = key.unwrap_or_else(|| {
+            cluster_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(default_key)
+        });
+        Ok(Cli {
+            cluster,
+            rt,
+            http,
+            key_path,
+        })
+    }
+}
+
 pub fn run(cluster_path: &Path, key: Option<PathBuf>, cmd: ClientCommand) -> Result<()> {
-    let cluster = ClusterConfig::load(cluster_path)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let key_path = key.unwrap_or_else(|| {
-        cluster_path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("client-0.key")
-    });
+    let Cli {
+        cluster,
+        rt,
+        http,
+        key_path,
+    } = Cli::new(cluster_path, key, "client-0.key")?;
     rt.block_on(async {
         let op = match cmd {
             ClientCommand::Put { key, value } => Op::Put { key, value },

@@ -86,6 +86,77 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
         .collect()
 }
 
+/// A fault or a tick the property tests inject between client operations.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Tick(NodeId),
+    Deliver,
+    Drop,
+    Duplicate,
+    Reorder(usize),
+    Crash(NodeId),
+    Restart(NodeId),
+    Compact(NodeId),
+}
+
+impl Net {
+    /// Applies `f`. A crash happens only while fewer than `max_down` nodes are down, so a
+    /// majority stays up; compaction only where something is applied past the snapshot.
+    pub fn inject(&mut self, f: &Fault, max_down: usize) {
+        match *f {
+            Fault::Tick(i) => self.tick(i),
+            Fault::Deliver => {
+                self.deliver_one();
+            }
+            Fault::Drop => {
+                self.queue.pop_front();
+            }
+            Fault::Duplicate => {
+                if let Some(m) = self.queue.front().cloned() {
+                    self.queue.push_back(m);
+                }
+            }
+            Fault::Reorder(k) => {
+                if !self.queue.is_empty() {
+                    let k = k % self.queue.len();
+                    if let Some(m) = self.queue.remove(k) {
+                        self.queue.push_back(m);
+                    }
+                }
+            }
+            Fault::Crash(i) => {
+                let down = self.ids.iter().filter(|&&id| !self.is_up(id)).count();
+                if self.is_up(i) && down < max_down {
+                    self.crash(i);
+                }
+            }
+            Fault::Restart(i) => {
+                if !self.is_up(i) {
+                    self.restart(i);
+                }
+            }
+            Fault::Compact(i) => {
+                if self.is_up(i) {
+                    let s = &self.stores[&i];
+                    if s.applied > s.snapshot_index() {
+                        self.compact(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Raft §5.2 election safety: panics if two nodes lead in one term. `seen` remembers the
+    /// leader of every term across calls.
+    pub fn check_one_leader_per_term(&self, seen: &mut BTreeMap<u64, NodeId>) {
+        for id in self.leaders() {
+            let t = self.node(id).term();
+            let prev = *seen.entry(t).or_insert(id);
+            assert_eq!(prev, id, "two leaders in term {t}");
+        }
+    }
+}
+
 /// Voters 1..=n, no learners.
 pub fn members(n: u64) -> Membership {
     Membership::new((1..=n).collect(), Vec::new()).expect("at least one voter")
