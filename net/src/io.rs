@@ -12,7 +12,7 @@ use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use libp2p::swarm::{ConnectionId, Stream};
 use tokio::sync::mpsc;
 
-use crate::{Credit, Ctrl, Inbound, NodeId, Shared};
+use crate::{Credit, Ctrl, Inbound, NodeId, PeerSlot, Shared};
 
 /// Frames are gathered into one buffer until it reaches this size, then written and flushed.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -61,6 +61,7 @@ impl BatchTally {
 /// queue (and `send` reports `QueueFull` once it is full).
 pub(crate) async fn writer_task(
     node: NodeId,
+    slot: Arc<PeerSlot>,
     mut queue: mpsc::Receiver<Outgoing>,
     mut streams: mpsc::UnboundedReceiver<StreamUpdate>,
     shared: Arc<Shared>,
@@ -85,9 +86,8 @@ pub(crate) async fn writer_task(
                 let Some(first) = m else { return };
                 let (conn, stream) = current.as_mut().expect("guarded by the select condition");
                 let mut tally = BatchTally::default();
-                let Some(queued_bytes) = shared.queued_bytes.get(&node) else { return };
                 let res =
-                    write_batch(stream, &mut buf, first, &mut queue, queued_bytes, &mut tally)
+                    write_batch(stream, &mut buf, first, &mut queue, &slot.queued_bytes, &mut tally)
                         .await;
                 match res {
                     Ok(()) => shared.count_sent(&tally),
@@ -296,11 +296,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_cannot_queue_more_than_its_inbound_budget() {
-        let mut sh = shared(100);
-        Arc::get_mut(&mut sh)
-            .unwrap()
-            .inbound_budgets
-            .insert(7, Arc::new(tokio::sync::Semaphore::new(100)));
+        let sh = shared(100);
+        let (queue, _queue_rx) = mpsc::channel(1);
+        sh.peers.write().unwrap().insert(
+            7,
+            Arc::new(PeerSlot {
+                queue,
+                queued_bytes: Default::default(),
+                inbound_budget: Arc::new(tokio::sync::Semaphore::new(100)),
+                connected: Default::default(),
+                blocked: Default::default(),
+            }),
+        );
         let mut wire = Vec::new();
         for _ in 0..3 {
             wire.extend(frame(&[5u8; 60]));

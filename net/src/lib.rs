@@ -1,4 +1,4 @@
-//! libp2p transport for a fixed, permissioned set of consensus peers.
+//! libp2p transport for a permissioned set of consensus peers, which may change at run time.
 //!
 //! TCP + noise + yamux. A node's libp2p identity is its ed25519 key (the same key that signs PBFT
 //! messages). Each connection carries one long-lived stream per direction on [`PROTOCOL`] with
@@ -23,6 +23,8 @@
 //! written when it dropped is lost (counted in [`NetStats::dropped_send_failed`]). Consensus
 //! protocols retransmit, so the transport never retries on its own.
 //!
+//! * [`NetHandle::set_peers`] replaces the peer set at run time (a member set that changed): a
+//!   new peer is allowed and dialled, a removed one disconnected and refused from then on.
 //! * [`NetHandle::set_blocked`] cuts this node off from a set of peers at run time (a test
 //!   partition): their connections are closed, redials stop, their handshakes are refused and
 //!   messages to them are dropped ([`SendError::Blocked`]) until they are unblocked.
@@ -40,7 +42,7 @@ mod io;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -244,17 +246,24 @@ fn keypair_from_secret(secret: &[u8; 32]) -> Result<identity::Keypair, NetError>
         .map_err(|e| NetError::InvalidKey(e.to_string()))
 }
 
+/// What the handle, the driver and the I/O tasks share about one peer. Peers come and go with
+/// [`NetHandle::set_peers`], so each lives in its own slot, found through [`Shared::slot`].
+pub(crate) struct PeerSlot {
+    queue: mpsc::Sender<Outgoing>,
+    /// Bytes waiting in the send queue (bounded by `peer_buffer_bytes`).
+    pub(crate) queued_bytes: AtomicUsize,
+    /// Bytes received from the peer and not yet consumed, as semaphore permits.
+    pub(crate) inbound_budget: Arc<tokio::sync::Semaphore>,
+    connected: AtomicBool,
+    /// Cut off by [`NetHandle::set_blocked`].
+    blocked: AtomicBool,
+}
+
 /// State shared by the handle, the driver and the I/O tasks.
 pub(crate) struct Shared {
-    queues: HashMap<NodeId, mpsc::Sender<Outgoing>>,
-    /// Bytes waiting in each peer's send queue (bounded by `peer_buffer_bytes`).
-    pub(crate) queued_bytes: HashMap<NodeId, AtomicUsize>,
-    /// Bytes received from each peer and not yet consumed, as semaphore permits.
-    pub(crate) inbound_budgets: HashMap<NodeId, Arc<tokio::sync::Semaphore>>,
+    /// The current peers; the driver alone adds and removes them.
+    pub(crate) peers: RwLock<HashMap<NodeId, Arc<PeerSlot>>>,
     pub(crate) peer_buffer_bytes: usize,
-    connected: HashMap<NodeId, AtomicBool>,
-    /// Peers cut off by [`NetHandle::set_blocked`].
-    blocked: HashMap<NodeId, AtomicBool>,
     pub(crate) max_frame_bytes: usize,
     connected_peers: AtomicUsize,
     pub(crate) received_msgs: AtomicU64,
@@ -270,12 +279,8 @@ impl Shared {
     /// Counters and limits with no peers: for running a reader outside a swarm.
     pub(crate) fn detached(max_frame_bytes: usize) -> Shared {
         Shared {
-            queues: HashMap::new(),
-            queued_bytes: HashMap::new(),
-            inbound_budgets: HashMap::new(),
+            peers: RwLock::new(HashMap::new()),
             peer_buffer_bytes: max_frame_bytes,
-            connected: HashMap::new(),
-            blocked: HashMap::new(),
             max_frame_bytes,
             connected_peers: AtomicUsize::new(0),
             received_msgs: AtomicU64::new(0),
@@ -288,8 +293,12 @@ impl Shared {
         }
     }
 
+    pub(crate) fn slot(&self, peer: NodeId) -> Option<Arc<PeerSlot>> {
+        read(&self.peers).get(&peer).cloned()
+    }
+
     pub(crate) fn inbound_budget(&self, peer: NodeId) -> Option<Arc<tokio::sync::Semaphore>> {
-        self.inbound_budgets.get(&peer).cloned()
+        self.slot(peer).map(|s| s.inbound_budget.clone())
     }
 
     pub(crate) fn reject(&self, reason: &'static str) {
@@ -310,6 +319,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Messages to the driver task.
 pub(crate) enum Ctrl {
     /// A writer's stream failed: close that connection so that it is re-established.
@@ -320,6 +337,8 @@ pub(crate) enum Ctrl {
     Shutdown(Option<oneshot::Sender<()>>),
     /// Cut off exactly these peers (and reconnect every other one).
     SetBlocked(std::collections::BTreeSet<NodeId>),
+    /// The member set changed: these are the peers from now on (checked by the handle).
+    SetPeers(Vec<PeerInfo>, oneshot::Sender<()>),
 }
 
 /// Sends `Shutdown` when the last [`NetHandle`] clone is dropped.
@@ -336,6 +355,7 @@ impl Drop for ShutdownOnDrop {
 #[derive(Clone)]
 pub struct NetHandle {
     id: NodeId,
+    local_peer: PeerId,
     shared: Arc<Shared>,
     ctrl: Arc<ShutdownOnDrop>,
 }
@@ -344,13 +364,8 @@ impl NetHandle {
     /// Queues `bytes` for `to` without blocking. `kind` is the message type name used for the
     /// per-type counters (e.g. `"prepare"`).
     pub fn send(&self, to: NodeId, kind: &'static str, bytes: Arc<[u8]>) -> Result<(), SendError> {
-        let queue = self.shared.queues.get(&to).ok_or(SendError::UnknownPeer)?;
-        if self
-            .shared
-            .blocked
-            .get(&to)
-            .is_some_and(|b| b.load(Ordering::Relaxed))
-        {
+        let slot = self.shared.slot(to).ok_or(SendError::UnknownPeer)?;
+        if slot.blocked.load(Ordering::Relaxed) {
             return Err(SendError::Blocked);
         }
         let max = self.shared.max_frame_bytes;
@@ -361,11 +376,7 @@ impl NetHandle {
             });
         }
         let len = bytes.len();
-        let queued = self
-            .shared
-            .queued_bytes
-            .get(&to)
-            .ok_or(SendError::UnknownPeer)?;
+        let queued = &slot.queued_bytes;
         // Bytes are reserved before queueing and released by the writer as it dequeues; a
         // peer that cannot keep up costs at most `peer_buffer_bytes` of memory.
         if queued.fetch_add(len, Ordering::Relaxed) + len > self.shared.peer_buffer_bytes {
@@ -375,7 +386,7 @@ impl NetHandle {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(SendError::QueueFull);
         }
-        match queue.try_send(Outgoing { kind, bytes }) {
+        match slot.queue.try_send(Outgoing { kind, bytes }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 queued.fetch_sub(len, Ordering::Relaxed);
@@ -404,17 +415,38 @@ impl NetHandle {
     /// Whether `peer` currently has an established connection.
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.shared
-            .connected
-            .get(&peer)
-            .is_some_and(|c| c.load(Ordering::Relaxed))
+            .slot(peer)
+            .is_some_and(|s| s.connected.load(Ordering::Relaxed))
     }
 
     /// Messages waiting in the send queue of `peer` (None for an unknown peer).
     pub fn queued(&self, peer: NodeId) -> Option<usize> {
         self.shared
-            .queues
-            .get(&peer)
-            .map(|q| q.max_capacity() - q.capacity())
+            .slot(peer)
+            .map(|s| s.queue.max_capacity() - s.queue.capacity())
+    }
+
+    /// The current peers, in id order.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = read(&self.shared.peers).keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Makes `peers` this node's peers from now on, for a member set that changed at run
+    /// time: a new peer is allowed (and dialled, if this node is the dialer); a peer no longer
+    /// listed is disconnected, its queue dropped, and its handshakes refused like any
+    /// stranger's (`unknown_peer`); a peer whose key or address changed is replaced. Returns
+    /// once the network applied it, so a send to a new peer right after is queued.
+    pub async fn set_peers(&self, peers: Vec<PeerInfo>) -> Result<(), NetError> {
+        check_peers(self.id, self.local_peer, &peers)?;
+        let (tx, rx) = oneshot::channel();
+        self.ctrl
+            .0
+            .send(Ctrl::SetPeers(peers, tx))
+            .map_err(|_| NetError::Config("the network is shut down".into()))?;
+        rx.await
+            .map_err(|_| NetError::Config("the network is shut down".into()))
     }
 
     /// Cuts this node off from exactly `peers` (an empty set heals): their connections close,
@@ -422,19 +454,17 @@ impl NetHandle {
     /// ignored. Used for partitions in test clusters (`faultline local --ui`); the other side
     /// is normally told the same, so the cut is two-sided.
     pub fn set_blocked(&self, peers: std::collections::BTreeSet<NodeId>) {
-        for (id, b) in &self.shared.blocked {
-            b.store(peers.contains(id), Ordering::Relaxed);
+        for (id, s) in read(&self.shared.peers).iter() {
+            s.blocked.store(peers.contains(id), Ordering::Relaxed);
         }
         let _ = self.ctrl.0.send(Ctrl::SetBlocked(peers));
     }
 
     /// The peers currently cut off by [`NetHandle::set_blocked`], in id order.
     pub fn blocked(&self) -> Vec<NodeId> {
-        let mut out: Vec<NodeId> = self
-            .shared
-            .blocked
+        let mut out: Vec<NodeId> = read(&self.shared.peers)
             .iter()
-            .filter(|(_, b)| b.load(Ordering::Relaxed))
+            .filter(|(_, s)| s.blocked.load(Ordering::Relaxed))
             .map(|(&id, _)| id)
             .collect();
         out.sort_unstable();
@@ -520,25 +550,8 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
     if config.queue_depth == 0 {
         return Err(NetError::Config("queue_depth must be at least 1".into()));
     }
-    let mut by_peer_id = HashMap::new();
-    for p in &config.peers {
-        if p.id == config.id || p.peer_id == local_peer {
-            return Err(NetError::Config(format!(
-                "peer {} is this node itself",
-                p.id
-            )));
-        }
-        if by_peer_id.insert(p.peer_id, p.id).is_some()
-            || config.peers.iter().filter(|q| q.id == p.id).count() > 1
-        {
-            return Err(NetError::Config(format!("peer {} is listed twice", p.id)));
-        }
-    }
-
-    let mut allow = allow_block_list::Behaviour::<AllowedPeers>::default();
-    for p in &config.peers {
-        allow.allow_peer(p.peer_id);
-    }
+    check_peers(config.id, local_peer, &config.peers)?;
+    let allow = allow_block_list::Behaviour::<AllowedPeers>::default();
     let limits = connection_limits::Behaviour::new(
         ConnectionLimits::default()
             .with_max_established_per_peer(Some(1))
@@ -593,87 +606,51 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<Inbou
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
     let inbound_capacity = config.queue_depth.max(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(inbound_capacity);
-    let mut queues = HashMap::new();
-    let mut queue_rxs = Vec::new();
-    for p in &config.peers {
-        let (tx, rx) = mpsc::channel(config.queue_depth);
-        queues.insert(p.id, tx);
-        queue_rxs.push((p.id, rx));
-    }
-    let peer_buffer_bytes = config.peer_buffer_bytes.max(config.max_frame_bytes);
-    let budget_permits = peer_buffer_bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
-        queues,
-        queued_bytes: config
-            .peers
-            .iter()
-            .map(|p| (p.id, AtomicUsize::new(0)))
-            .collect(),
-        inbound_budgets: config
-            .peers
-            .iter()
-            .map(|p| (p.id, Arc::new(tokio::sync::Semaphore::new(budget_permits))))
-            .collect(),
-        peer_buffer_bytes,
-        connected: config
-            .peers
-            .iter()
-            .map(|p| (p.id, AtomicBool::new(false)))
-            .collect(),
-        blocked: config
-            .peers
-            .iter()
-            .map(|p| (p.id, AtomicBool::new(false)))
-            .collect(),
+        peer_buffer_bytes: config.peer_buffer_bytes.max(config.max_frame_bytes),
         listen_addrs: Mutex::new(vec![first_addr]),
         ..Shared::detached(config.max_frame_bytes)
     });
-
-    let mut tasks = JoinSet::new();
-    let mut peers = HashMap::new();
-    let now = Instant::now();
-    for (p, (id, queue_rx)) in config.peers.iter().zip(queue_rxs) {
-        debug_assert_eq!(p.id, id);
-        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-        tasks.spawn(io::writer_task(
-            p.id,
-            queue_rx,
-            stream_rx,
-            shared.clone(),
-            ctrl_tx.clone(),
-        ));
-        let dialer = config.id < p.id;
-        peers.insert(
-            p.id,
-            PeerState {
-                peer_id: p.peer_id,
-                addr: p.addr.clone(),
-                dialer,
-                connections: 0,
-                stalled: false,
-                next_dial: dialer.then_some(now),
-                backoff: REDIAL_MIN,
-                streams: stream_tx,
-            },
-        );
-    }
-
-    let driver = Driver {
+    let mut driver = Driver {
         id: config.id,
         swarm,
-        by_peer_id,
-        peers,
+        by_peer_id: HashMap::new(),
+        peers: HashMap::new(),
         shared: shared.clone(),
         inbound: inbound_tx,
-        tasks,
+        tasks: JoinSet::new(),
+        queue_depth: config.queue_depth,
+        ctrl: ctrl_tx.clone(),
     };
+    for p in &config.peers {
+        driver.add_peer(p);
+    }
     tokio::spawn(driver.run(ctrl_rx));
     let handle = NetHandle {
         id: config.id,
+        local_peer,
         shared,
         ctrl: Arc::new(ShutdownOnDrop(ctrl_tx)),
     };
     Ok((handle, inbound_rx))
+}
+
+/// A peer list must not name this node or list an id or a key twice.
+fn check_peers(id: NodeId, local_peer: PeerId, peers: &[PeerInfo]) -> Result<(), NetError> {
+    let mut ids = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for p in peers {
+        if p.id == id || p.peer_id == local_peer {
+            return Err(NetError::Config(format!(
+                "peer {} is this node itself",
+                p.id
+            )));
+        }
+        if !ids.insert(p.id) || !keys.insert(p.peer_id) {
+            return Err(NetError::Config(format!("peer {} is listed twice", p.id)));
+        }
+    }
+    Ok(())
 }
 
 struct Driver {
@@ -685,6 +662,9 @@ struct Driver {
     inbound: mpsc::Sender<Inbound>,
     /// Writer and reader tasks; dropping the set aborts them.
     tasks: JoinSet<()>,
+    queue_depth: usize,
+    /// For the writer tasks of peers added later.
+    ctrl: mpsc::UnboundedSender<Ctrl>,
 }
 
 impl Driver {
@@ -700,6 +680,10 @@ impl Driver {
                         self.swarm.close_connection(connection);
                     }
                     Some(Ctrl::SetBlocked(peers)) => self.set_blocked(&peers),
+                    Some(Ctrl::SetPeers(peers, ack)) => {
+                        self.set_peers(&peers);
+                        let _ = ack.send(());
+                    }
                     Some(Ctrl::Shutdown(ack)) => {
                         self.stop(ack).await;
                         return;
@@ -733,8 +717,8 @@ impl Driver {
         tasks.shutdown().await;
         drop(swarm);
         shared.connected_peers.store(0, Ordering::Relaxed);
-        for c in shared.connected.values() {
-            c.store(false, Ordering::Relaxed);
+        for s in read(&shared.peers).values() {
+            s.connected.store(false, Ordering::Relaxed);
         }
         if let Some(ack) = ack {
             let _ = ack.send(());
@@ -764,9 +748,87 @@ impl Driver {
 
     fn is_blocked(&self, node: NodeId) -> bool {
         self.shared
-            .blocked
-            .get(&node)
-            .is_some_and(|b| b.load(Ordering::Relaxed))
+            .slot(node)
+            .is_some_and(|s| s.blocked.load(Ordering::Relaxed))
+    }
+
+    /// Starts talking to `p`: its slot and send queue, its writer task, the allow-list, and a
+    /// dial now if this node is the dialer (the lower id).
+    fn add_peer(&mut self, p: &PeerInfo) {
+        let (queue, queue_rx) = mpsc::channel(self.queue_depth);
+        let permits = self
+            .shared
+            .peer_buffer_bytes
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let slot = Arc::new(PeerSlot {
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            inbound_budget: Arc::new(tokio::sync::Semaphore::new(permits)),
+            connected: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
+        });
+        write(&self.shared.peers).insert(p.id, slot.clone());
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        self.tasks.spawn(io::writer_task(
+            p.id,
+            slot,
+            queue_rx,
+            stream_rx,
+            self.shared.clone(),
+            self.ctrl.clone(),
+        ));
+        let dialer = self.id < p.id;
+        self.peers.insert(
+            p.id,
+            PeerState {
+                peer_id: p.peer_id,
+                addr: p.addr.clone(),
+                dialer,
+                connections: 0,
+                stalled: false,
+                next_dial: dialer.then_some(Instant::now()),
+                backoff: REDIAL_MIN,
+                streams: stream_tx,
+            },
+        );
+        self.by_peer_id.insert(p.peer_id, p.id);
+        self.swarm.behaviour_mut().allow.allow_peer(p.peer_id);
+    }
+
+    /// Stops talking to `node`: it leaves the allow-list (libp2p closes its connections and
+    /// refuses its handshakes from now on), its queue is dropped (its writer task ends) and
+    /// sends to it fail with [`SendError::UnknownPeer`].
+    fn remove_peer(&mut self, node: NodeId) {
+        write(&self.shared.peers).remove(&node);
+        if let Some(p) = self.peers.remove(&node) {
+            self.by_peer_id.remove(&p.peer_id);
+            self.swarm.behaviour_mut().allow.disallow_peer(p.peer_id);
+        }
+        self.set_connected(node, false);
+    }
+
+    /// Applies a new peer list (see [`NetHandle::set_peers`]).
+    fn set_peers(&mut self, peers: &[PeerInfo]) {
+        let gone: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, st)| {
+                !peers
+                    .iter()
+                    .any(|p| p.id == **id && p.peer_id == st.peer_id && p.addr == st.addr)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            tracing::info!(node = self.id, peer = id, "peer removed");
+            self.remove_peer(id);
+        }
+        for p in peers {
+            if !self.peers.contains_key(&p.id) {
+                tracing::info!(node = self.id, peer = p.id, addr = %p.addr, "peer added");
+                self.add_peer(p);
+            }
+        }
     }
 
     fn dial_due(&mut self) {
@@ -804,8 +866,8 @@ impl Driver {
     }
 
     fn set_connected(&mut self, node: NodeId, up: bool) {
-        if let Some(c) = self.shared.connected.get(&node) {
-            c.store(up, Ordering::Relaxed);
+        if let Some(s) = self.shared.slot(node) {
+            s.connected.store(up, Ordering::Relaxed);
         }
         let n = self
             .peers
