@@ -125,15 +125,9 @@ async fn unknown_peer_is_refused_by_every_member() {
         }
         // Wait until each member has refused the intruder at least twice (it was redialed).
         wait_until(Duration::from_secs(20), "unknown_peer rejections", || {
-            nodes.iter().all(|n| {
-                n.handle
-                    .stats()
-                    .rejected
-                    .get("unknown_peer")
-                    .copied()
-                    .unwrap_or(0)
-                    >= 2
-            })
+            nodes
+                .iter()
+                .all(|n| rejected(&n.handle, "unknown_peer") >= 2)
         })
         .await;
         // Members still talk; the first thing each receives is from a member, never the intruder.

@@ -65,13 +65,7 @@ async fn a_peer_added_at_run_time_connects_and_a_removed_one_is_cut_off() {
         assert_eq!((m.from, &m.bytes[..]), (0, &b"hello"[..]));
 
         // Node 1 drops node 0 again: disconnected, sends refused, redials refused.
-        let before = nodes[0]
-            .handle
-            .stats()
-            .rejected
-            .get("unknown_peer")
-            .copied()
-            .unwrap_or(0);
+        let before = rejected(&nodes[0].handle, "unknown_peer");
         nodes[0]
             .handle
             .set_peers(vec![peer(2, nodes[1].addr())])
@@ -88,14 +82,7 @@ async fn a_peer_added_at_run_time_connects_and_a_removed_one_is_cut_off() {
         )
         .await;
         wait_until(Duration::from_secs(20), "node 0's redial refused", || {
-            nodes[0]
-                .handle
-                .stats()
-                .rejected
-                .get("unknown_peer")
-                .copied()
-                .unwrap_or(0)
-                > before
+            rejected(&nodes[0].handle, "unknown_peer") > before
         })
         .await;
         // Nodes 1 and 2 still talk.

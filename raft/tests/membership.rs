@@ -354,22 +354,7 @@ fn run(voters: u64, extra: u64, ops: Vec<Op>, seed: u64) {
     }
     // Faults stop: everyone up, reliable network. The members of the leader's membership
     // must elect, commit, and all hold the commit.
-    for id in net.ids.clone() {
-        if !net.is_up(id) {
-            net.restart(id);
-        }
-    }
-    let mut leader = None;
-    for _ in 0..300 {
-        net.run(1);
-        if let Some(l) = net.leader() {
-            if net.leaders().len() == 1 && net.node(l).membership().is_voter(l) {
-                leader = Some(l);
-                break;
-            }
-        }
-    }
-    let l = leader.expect("no leader after faults stopped");
+    let l = net.heal_and_elect(300, |net, l| net.node(l).membership().is_voter(l));
     let idx = net
         .node_mut(l)
         .propose(b"final".to_vec())

@@ -81,22 +81,7 @@ fn run(n: u64, ops: Vec<Op>, seed: u64, parallel: bool) {
         net.check_one_leader_per_term(&mut leader_of_term);
     }
     // Faults stop: everyone up, reliable network. The cluster must elect and commit.
-    for id in net.ids.clone() {
-        if !net.is_up(id) {
-            net.restart(id);
-        }
-    }
-    let mut leader = None;
-    for _ in 0..200 {
-        net.run(1);
-        if let Some(l) = net.leader() {
-            if net.leaders().len() == 1 {
-                leader = Some(l);
-                break;
-            }
-        }
-    }
-    let l = leader.expect("no leader after faults stopped");
+    let l = net.heal_and_elect(200, |_, _| true);
     let idx = net
         .node_mut(l)
         .propose(b"final".to_vec())

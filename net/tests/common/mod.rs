@@ -82,6 +82,11 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     }
 }
 
+/// How many times `h` refused something for `reason` (e.g. `unknown_peer`).
+pub fn rejected(h: &NetHandle, reason: &str) -> u64 {
+    h.stats().rejected.get(reason).copied().unwrap_or(0)
+}
+
 pub async fn all_connected(nodes: &[Node], peers_each: usize) {
     wait_until(Duration::from_secs(20), "all peers connected", || {
         nodes

@@ -146,6 +146,26 @@ impl Net {
         }
     }
 
+    /// Faults stop: every node restarts and the network delivers everything. Returns the one
+    /// leader that emerges within `rounds` rounds and passes `ok` (panics if none does).
+    pub fn heal_and_elect(&mut self, rounds: usize, ok: impl Fn(&Net, NodeId) -> bool) -> NodeId {
+        self.heal();
+        for id in self.ids.clone() {
+            if !self.is_up(id) {
+                self.restart(id);
+            }
+        }
+        for _ in 0..rounds {
+            self.run(1);
+            if let Some(l) = self.leader() {
+                if self.leaders().len() == 1 && ok(self, l) {
+                    return l;
+                }
+            }
+        }
+        panic!("no leader after faults stopped");
+    }
+
     /// Raft §5.2 election safety: panics if two nodes lead in one term. `seen` remembers the
     /// leader of every term across calls.
     pub fn check_one_leader_per_term(&self, seen: &mut BTreeMap<u64, NodeId>) {
