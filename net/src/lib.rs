@@ -293,12 +293,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn slot(&self, peer: NodeId) -> Option<Arc<PeerSlot>> {
-        read(&self.peers).get(&peer).cloned()
+    /// Runs `f` on `peer`'s slot under the read lock: the per-message paths (send, receive
+    /// credit) take no reference count on the shared slot.
+    fn with_slot<T>(&self, peer: NodeId, f: impl FnOnce(&PeerSlot) -> T) -> Option<T> {
+        read(&self.peers).get(&peer).map(|s| f(s))
     }
 
     pub(crate) fn inbound_budget(&self, peer: NodeId) -> Option<Arc<tokio::sync::Semaphore>> {
-        self.slot(peer).map(|s| s.inbound_budget.clone())
+        self.with_slot(peer, |s| s.inbound_budget.clone())
     }
 
     pub(crate) fn reject(&self, reason: &'static str) {
@@ -364,7 +366,17 @@ impl NetHandle {
     /// Queues `bytes` for `to` without blocking. `kind` is the message type name used for the
     /// per-type counters (e.g. `"prepare"`).
     pub fn send(&self, to: NodeId, kind: &'static str, bytes: Arc<[u8]>) -> Result<(), SendError> {
-        let slot = self.shared.slot(to).ok_or(SendError::UnknownPeer)?;
+        self.shared
+            .with_slot(to, |slot| self.send_to(slot, kind, bytes))
+            .unwrap_or(Err(SendError::UnknownPeer))
+    }
+
+    fn send_to(
+        &self,
+        slot: &PeerSlot,
+        kind: &'static str,
+        bytes: Arc<[u8]>,
+    ) -> Result<(), SendError> {
         if slot.blocked.load(Ordering::Relaxed) {
             return Err(SendError::Blocked);
         }
@@ -415,15 +427,14 @@ impl NetHandle {
     /// Whether `peer` currently has an established connection.
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.shared
-            .slot(peer)
-            .is_some_and(|s| s.connected.load(Ordering::Relaxed))
+            .with_slot(peer, |s| s.connected.load(Ordering::Relaxed))
+            .unwrap_or(false)
     }
 
     /// Messages waiting in the send queue of `peer` (None for an unknown peer).
     pub fn queued(&self, peer: NodeId) -> Option<usize> {
         self.shared
-            .slot(peer)
-            .map(|s| s.queue.max_capacity() - s.queue.capacity())
+            .with_slot(peer, |s| s.queue.max_capacity() - s.queue.capacity())
     }
 
     /// The current peers, in id order.
@@ -748,8 +759,8 @@ impl Driver {
 
     fn is_blocked(&self, node: NodeId) -> bool {
         self.shared
-            .slot(node)
-            .is_some_and(|s| s.blocked.load(Ordering::Relaxed))
+            .with_slot(node, |s| s.blocked.load(Ordering::Relaxed))
+            .unwrap_or(false)
     }
 
     /// Starts talking to `p`: its slot and send queue, its writer task, the allow-list, and a
@@ -866,9 +877,8 @@ impl Driver {
     }
 
     fn set_connected(&mut self, node: NodeId, up: bool) {
-        if let Some(s) = self.shared.slot(node) {
-            s.connected.store(up, Ordering::Relaxed);
-        }
+        self.shared
+            .with_slot(node, |s| s.connected.store(up, Ordering::Relaxed));
         let n = self
             .peers
             .values()

@@ -131,22 +131,14 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
         };
         write_toml(&node_dir.join("node.toml"), &node)?;
     }
-    let mut clients = Vec::with_capacity(spec.clients);
-    for j in 0..spec.clients {
-        let key = keys::generate()?;
-        keys::write_key(&spec.dir.join(format!("client-{j}.key")), &key)?;
-        clients.push(ClientEntry {
-            public_key: key.verifying_key().to_bytes(),
-        });
-    }
-    let mut admins = Vec::with_capacity(spec.admins);
-    for j in 0..spec.admins {
-        let key = keys::generate()?;
-        keys::write_key(&spec.dir.join(format!("admin-{j}.key")), &key)?;
-        admins.push(AdminEntry {
-            public_key: key.verifying_key().to_bytes(),
-        });
-    }
+    let clients = write_keys(&spec.dir, "client", spec.clients)?
+        .into_iter()
+        .map(|public_key| ClientEntry { public_key })
+        .collect();
+    let admins = write_keys(&spec.dir, "admin", spec.admins)?
+        .into_iter()
+        .map(|public_key| AdminEntry { public_key })
+        .collect();
     let cluster = ClusterConfig {
         protocol: spec.protocol,
         f: spec.protocol.max_faults(n),
@@ -163,6 +155,17 @@ pub fn write(spec: &TestnetSpec) -> Result<PathBuf> {
     cluster.validate()?;
     write_toml(&cluster_path, &cluster)?;
     Ok(cluster_path)
+}
+
+/// Writes `DIR/<prefix>-<j>.key` for j in 0..count; returns their public keys.
+fn write_keys(dir: &Path, prefix: &str, count: usize) -> Result<Vec<[u8; 32]>> {
+    (0..count)
+        .map(|j| {
+            let key = keys::generate()?;
+            keys::write_key(&dir.join(format!("{prefix}-{j}.key")), &key)?;
+            Ok(key.verifying_key().to_bytes())
+        })
+        .collect()
 }
 
 fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {

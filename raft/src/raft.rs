@@ -141,15 +141,12 @@ impl Raft {
     /// replicating to the members that came or went; a candidate that is no longer a voter
     /// gives up.
     fn refresh_conf(&mut self) {
-        let latest = self
-            .log
-            .latest_conf()
-            .cloned()
-            .unwrap_or_else(|| self.initial.clone());
-        if latest == self.conf {
+        // Called on every append with new entries: compare first, clone only on a change.
+        let latest = self.log.latest_conf().unwrap_or(&self.initial);
+        if *latest == self.conf {
             return;
         }
-        self.conf = latest;
+        self.conf = latest.clone();
         if self.role == Role::Leader {
             let next = self.log.last_index() + 1;
             let max_inflight = self.cfg.max_inflight;

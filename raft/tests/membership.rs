@@ -74,6 +74,28 @@ fn a_learner_receives_the_log_but_never_votes_or_counts() {
     let j = net.propose(1, b"y");
     net.stabilize();
     assert!(net.commit_of(1) < j, "a learner's acknowledgement counted");
+    // Nor does a learner confirm leadership for a read (thesis §6.4 needs a voter majority),
+    // and leadership cannot be handed to it.
+    net.node_mut(1).read_index(7).expect("leader");
+    net.drain(1);
+    net.run(3);
+    let read_done = |net: &Net| {
+        net.read_states
+            .get(&1)
+            .is_some_and(|r| r.iter().any(|s| s.ctx == 7))
+    };
+    assert!(!read_done(&net), "a learner's answer confirmed a read");
+    assert_eq!(
+        net.node_mut(1).transfer_leadership(4),
+        Err(ProposeError::UnknownPeer(4))
+    );
+    net.heal();
+    net.run(3);
+    assert!(
+        read_done(&net),
+        "the voters confirm the read once reachable"
+    );
+    net.partition(&[1, 4], &[2, 3]);
 
     // A learner never campaigns, however long it hears nothing.
     net.reset_counters();
